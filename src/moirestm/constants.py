@@ -1,0 +1,66 @@
+"""Physical constants and default model parameters, each with its literature source.
+
+Every default used anywhere in moirestm lives here. Units: eV, nm, K, GPa.
+"""
+
+from __future__ import annotations
+
+import math
+
+# --- fundamental constants (CODATA 2018) -----------------------------------
+#: Coulomb constant e^2/(4 pi eps0) in eV nm (CODATA 2018: 1.439964548 eV nm).
+COULOMB_EV_NM = 1.439964548
+#: Boltzmann constant in eV/K (CODATA 2018, exact).
+BOLTZMANN_EV_PER_K = 8.617333262e-5
+#: Reduced Planck constant in eV s (CODATA 2018, exact).
+HBAR_EV_S = 6.582119569e-16
+
+# --- graphene geometry -----------------------------------------------------
+#: Graphene lattice constant a in nm (Castro Neto et al., RMP 81, 109 (2009)).
+GRAPHENE_LATTICE_NM = 0.246
+#: Carbon-carbon bond length a0 = a/sqrt(3) in nm (Moon & Koshino, PRB 85, 195458 (2012)).
+CARBON_BOND_NM = GRAPHENE_LATTICE_NM / math.sqrt(3.0)
+#: Interlayer distance of bilayer graphene / graphite d0 in nm (Moon & Koshino 2012).
+INTERLAYER_DISTANCE_NM = 0.335
+
+# --- Slater-Koster p_z hoppings (Moon & Koshino, PRB 85, 195458 (2012)) ------
+#: Intralayer nearest-neighbour pp-pi transfer integral V_pp_pi^0 in eV.
+V_PP_PI_EV = -2.7
+#: Interlayer vertical pp-sigma transfer integral V_pp_sigma^0 in eV.
+V_PP_SIGMA_EV = 0.48
+#: Decay length delta0 = 0.184 a of both transfer integrals, in nm.
+SK_DECAY_NM = 0.184 * GRAPHENE_LATTICE_NM
+#: Default hopping cutoff radius in nm (hoppings beyond are below 2 meV).
+HOPPING_CUTOFF_NM = 0.6
+
+# --- pressure -> interlayer distance ---------------------------------------
+#: Zero-pressure c-axis linear modulus K0c of graphite in GPa, linear Birch-Murnaghan fit
+#: (Wang, Panzik, Kiefer & Lee, Sci. Rep. 2, 520 (2012), Table 1).
+GRAPHITE_C_MODULUS_GPA = 12.0
+#: Pressure derivative K0' of that fit (fixed to 4 in Wang et al. 2012).
+GRAPHITE_C_MODULUS_DERIVATIVE = 4.0
+#: Graphite transforms above ~11 GPa (Hanfland, Beister & Syassen, PRB 39, 12598 (1989)).
+GRAPHITE_MAX_PRESSURE_GPA = 11.0
+
+# --- interactions ----------------------------------------------------------
+#: Dielectric constant of the long-range Coulomb term (Tanksale & Stauber, arXiv:2602.18890).
+DIELECTRIC_CONSTANT = 10.0
+#: Hubbard U range studied in the reference study, in eV (Tanksale & Stauber).
+HUBBARD_U_RANGE_EV = (0.0, 6.0)
+#: Onsite value of the long-range kernel, regularised Ohno form
+#: V(r) = e^2 / (eps sqrt(r^2 + r0^2)), r0 set so V(0) equals the bare e^2/(eps a0)
+#: value at the bond length (Ohno, Theor. Chim. Acta 2, 219 (1964)).
+COULOMB_SHORT_DISTANCE_NM = CARBON_BOND_NM
+#: Self-consistency tolerances (issue specification): max density change and energy change (eV).
+SCF_DENSITY_TOL = 1e-6
+SCF_ENERGY_TOL_EV = 1e-7
+#: Default temperature in K.
+TEMPERATURE_K = 10.0
+
+# --- reference study -------------------------------------------------------
+#: Commensurate index of the reference study (theta = 3.48 deg, 1084 atoms).
+REFERENCE_INDEX = 9
+#: FT-LDOS image side in pixels (Tanksale & Stauber).
+FT_IMAGE_SIZE = 256
+#: FT window half-width in units of 2 pi / a (x) and 4 pi / (sqrt(3) a) (y) (Tanksale & Stauber).
+FT_WINDOW_FRACTION = 1.1

@@ -1,0 +1,246 @@
+"""Band structures and densities of states as saveable data objects with plots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse.linalg as spla
+
+from ..errors import MoireSTMError
+from ..io import read_h5, write_h5
+from .kgrid import k_path, monkhorst_pack
+from .tightbinding import TightBinding
+
+#: Above this many sites, band structures near E_F use sparse shift-invert by default.
+DENSE_LIMIT = 4000
+
+
+def dirac_energy(params) -> float:
+    """Energy in eV of the Dirac point of monolayer graphene for a Slater-Koster model.
+
+    At K the A-B sums vanish by symmetry, so E_D = sum_{R != 0, |R| <= cutoff} t(R) cos(K.R)
+    over same-sublattice in-plane lattice vectors.
+    """
+    from ..lattice import monolayer_graphene
+
+    mono = monolayer_graphene()
+    prim = mono.superlattice_nm
+    reach = int(np.ceil(params.cutoff_nm / np.linalg.norm(prim[0]))) + 1
+    grid = np.arange(-reach, reach + 1)
+    n = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    r = n @ prim
+    dist = np.linalg.norm(r, axis=1)
+    sel = (dist > 0) & (dist <= params.cutoff_nm)
+    disp = np.column_stack([r[sel], np.zeros(sel.sum())])
+    k_point = mono.high_symmetry_points()["K"]
+    return float(np.sum(params.hopping(disp) * np.cos(r[sel] @ k_point)))
+
+
+def eigenvalues(tb: TightBinding, k_nm, n_bands: int | None = None, sigma_ev: float | None = None,
+                onsite_ev: np.ndarray | None = None) -> np.ndarray:
+    """Eigenvalues in eV of H(k), ascending.
+
+    Full spectrum by ``scipy.linalg.eigh(driver="evd")`` (real at Gamma) when ``n_bands`` is
+    None; otherwise the ``n_bands`` eigenvalues nearest ``sigma_ev`` by sparse shift-invert.
+    """
+    if n_bands is None:
+        h = tb.hamiltonian(k_nm, onsite_ev=onsite_ev, dense=True)
+        return sla.eigh(h, eigvals_only=True, driver="evd", overwrite_a=True, check_finite=False)
+    n_bands = int(n_bands)
+    if not 0 < n_bands < tb.n_sites - 1:
+        raise MoireSTMError(f"n_bands must lie in 1..{tb.n_sites - 2}, got {n_bands}")
+    if sigma_ev is None:
+        sigma_ev = dirac_energy(tb.params)
+    h = tb.hamiltonian(k_nm, onsite_ev=onsite_ev)
+    if not np.iscomplexobj(h.data):
+        h = h.astype(float)
+    vals = spla.eigsh(h, k=n_bands, sigma=sigma_ev, which="LM", return_eigenvectors=False)
+    return np.sort(vals)
+
+
+def _params_of(tb: TightBinding) -> dict:
+    s = tb.structure
+    info = s.summary() if hasattr(s, "summary") else {"name": getattr(s, "name", "structure")}
+    return {"structure": info, "slater_koster": tb.params.to_dict()}
+
+
+@dataclass
+class BandStructure:
+    """Bands along a k-path.
+
+    Attributes
+    ----------
+    k_nm : (nk, 2) wave vectors; distance_nm : (nk,) path coordinate; ticks_nm, labels : corners.
+    energies_ev : (nk, nb) eigenvalues; fermi_ev : neutrality Fermi level estimate (or nan).
+    params : parameters of the model that produced them.
+    """
+
+    k_nm: np.ndarray
+    distance_nm: np.ndarray
+    ticks_nm: np.ndarray
+    labels: list
+    energies_ev: np.ndarray
+    fermi_ev: float
+    params: dict = field(default_factory=dict)
+
+    def central_width_ev(self, n_central: int = 4) -> float:
+        """Width (max - min) of the ``n_central`` bands closest to the Fermi level."""
+        mid = np.argsort(np.abs(np.median(self.energies_ev, axis=0) - self.fermi_ev))[:n_central]
+        sel = self.energies_ev[:, np.sort(mid)]
+        return float(sel.max() - sel.min())
+
+    def save(self, path) -> None:
+        params = dict(self.params, labels=list(self.labels), fermi_ev=self.fermi_ev)
+        write_h5(path, "BandStructure", params, {
+            "k_nm": self.k_nm, "distance_nm": self.distance_nm, "ticks_nm": self.ticks_nm,
+            "energies_ev": self.energies_ev})
+
+    @classmethod
+    def load(cls, path) -> "BandStructure":
+        params, arrays, _ = read_h5(path, "BandStructure")
+        labels = params.pop("labels")
+        fermi = params.pop("fermi_ev")
+        return cls(arrays["k_nm"], arrays["distance_nm"], arrays["ticks_nm"], labels,
+                   arrays["energies_ev"], fermi if fermi is not None else np.nan, params)
+
+    def plot(self, path=None, window_ev: float | None = 0.3, title: str | None = None):
+        """Plot the bands relative to the Fermi level; save to ``path`` (PNG) if given."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+        ax.plot(self.distance_nm, (self.energies_ev - self.fermi_ev) * 1e3, color="k", lw=0.9)
+        for t in self.ticks_nm:
+            ax.axvline(t, color="0.7", lw=0.6)
+        ax.axhline(0.0, color="tab:red", lw=0.6, ls="--")
+        ax.set_xticks(self.ticks_nm, [r"$\Gamma$" if lab == "G" else lab for lab in self.labels])
+        ax.set_xlim(self.distance_nm[0], self.distance_nm[-1])
+        if window_ev is not None:
+            ax.set_ylim(-window_ev * 1e3, window_ev * 1e3)
+        ax.set_ylabel(r"$E - E_F$ (meV)")
+        ax.set_title(title or self.params.get("structure", {}).get("name", "bands"), fontsize=9)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path)
+            plt.close(fig)
+        return fig
+
+
+def neutrality_fermi_level(energies_ev: np.ndarray, n_sites: int) -> float:
+    """Fermi level at charge neutrality (half filling) from full spectra (nk, n_sites)."""
+    e = np.sort(np.asarray(energies_ev).ravel())
+    half = e.size // 2
+    return float(0.5 * (e[half - 1] + e[half]))
+
+
+def band_structure(tb: TightBinding, labels=("G", "K", "M", "G"), n_points: int = 60,
+                   n_bands: int | None = None, sigma_ev: float | None = None) -> BandStructure:
+    """Bands along a high-symmetry path.
+
+    With ``n_bands`` (or automatically above 4000 sites) only the ``n_bands`` eigenvalues
+    nearest ``sigma_ev`` (default: monolayer Dirac energy) are found by sparse shift-invert.
+    """
+    k, distance, ticks = k_path(tb.structure, labels, n_points)
+    if n_bands is None and tb.n_sites > DENSE_LIMIT:
+        n_bands = 8
+    energies = np.array([eigenvalues(tb, kk, n_bands, sigma_ev) for kk in k])
+    if n_bands is None:
+        fermi = neutrality_fermi_level(energies, tb.n_sites)
+    else:  # the central bands sit symmetrically around the middle of the window
+        mid = energies.shape[1] // 2
+        fermi = float(0.5 * (energies[:, mid - 1].max() + energies[:, mid].min())) if energies.shape[1] % 2 == 0 \
+            else float(np.median(energies[:, mid]))
+    return BandStructure(k, distance, ticks, list(labels), energies, fermi, _params_of(tb))
+
+
+@dataclass
+class DensityOfStates:
+    """Density of states per moiré cell per spin, in states/eV.
+
+    Attributes
+    ----------
+    energies_ev, dos_per_ev : sampled energies and DOS; fermi_ev : neutrality Fermi level;
+    broadening_ev, kind : Gaussian/Lorentzian width and type; kgrid : grid size.
+    """
+
+    energies_ev: np.ndarray
+    dos_per_ev: np.ndarray
+    fermi_ev: float
+    broadening_ev: float
+    kind: str
+    kgrid: int
+    params: dict = field(default_factory=dict)
+
+    def save(self, path) -> None:
+        params = dict(self.params, fermi_ev=self.fermi_ev, broadening_ev=self.broadening_ev,
+                      kind=self.kind, kgrid=self.kgrid)
+        write_h5(path, "DensityOfStates", params, {"energies_ev": self.energies_ev, "dos_per_ev": self.dos_per_ev})
+
+    @classmethod
+    def load(cls, path) -> "DensityOfStates":
+        params, arrays, _ = read_h5(path, "DensityOfStates")
+        keys = ("fermi_ev", "broadening_ev", "kind", "kgrid")
+        fermi, broadening, kind, kgrid = (params.pop(k) for k in keys)
+        return cls(arrays["energies_ev"], arrays["dos_per_ev"], fermi, broadening, kind, kgrid, params)
+
+    def plot(self, path=None):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+        ax.plot((self.energies_ev - self.fermi_ev) * 1e3, self.dos_per_ev, color="k", lw=0.9)
+        ax.set_xlabel(r"$E - E_F$ (meV)")
+        ax.set_ylabel("DOS (states/eV/cell/spin)")
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path)
+            plt.close(fig)
+        return fig
+
+
+def broaden(centres_ev: np.ndarray, weights: np.ndarray, energies_ev: np.ndarray,
+            width_ev: float, kind: str = "gaussian") -> np.ndarray:
+    """Sum of weighted normalised Gaussian or Lorentzian peaks evaluated at ``energies_ev``.
+
+    ``centres_ev`` (..., m) and ``weights`` broadcastable to it; returns shape (len(energies_ev),).
+    Uses a sorted cumulative window so the cost is O(m log m + n_E * peaks within reach).
+    """
+    if not np.isfinite(width_ev) or width_ev <= 0:
+        raise MoireSTMError(f"broadening must be a positive energy in eV, got {width_ev}")
+    centres = np.asarray(centres_ev).ravel()
+    w = np.broadcast_to(weights, np.shape(centres_ev)).ravel()
+    x = np.asarray(energies_ev)[:, None] - centres[None, :]
+    if kind == "gaussian":
+        kernel = np.exp(-0.5 * (x / width_ev) ** 2) / (np.sqrt(2 * np.pi) * width_ev)
+    elif kind == "lorentzian":
+        kernel = (width_ev / np.pi) / (x**2 + width_ev**2)
+    else:
+        raise MoireSTMError(f"broadening kind must be 'gaussian' or 'lorentzian', got {kind!r}")
+    return kernel @ w
+
+
+def density_of_states(tb: TightBinding, kgrid: int = 6, energies_ev=None, broadening_ev: float = 0.005,
+                      kind: str = "gaussian") -> DensityOfStates:
+    """DOS from a Monkhorst-Pack grid (reduced by time reversal) with Gaussian/Lorentzian broadening.
+
+    Default energies: 801 points within 0.3 eV of the neutrality Fermi level.
+    """
+    k, weights = monkhorst_pack(tb.structure.reciprocal_nm, kgrid)
+    spectra = np.array([eigenvalues(tb, kk) for kk in k])
+    # weighted median level: half of all states (with multiplicity) below
+    order = np.argsort(spectra, axis=None)
+    cum = np.cumsum(np.broadcast_to(weights[:, None], spectra.shape).ravel()[order])
+    half = np.searchsorted(cum, 0.5 * tb.n_sites - 1e-9)
+    flat = spectra.ravel()[order]
+    fermi = float(0.5 * (flat[half] + flat[min(half + 1, flat.size - 1)]))
+    if energies_ev is None:
+        energies_ev = fermi + np.linspace(-0.3, 0.3, 801)
+    energies_ev = np.asarray(energies_ev, dtype=float)
+    dos = broaden(spectra, weights[:, None], energies_ev, broadening_ev, kind)
+    return DensityOfStates(energies_ev, dos, fermi, broadening_ev, kind, int(kgrid), _params_of(tb))
