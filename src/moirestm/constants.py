@@ -34,8 +34,8 @@ SK_DECAY_NM = 0.184 * GRAPHENE_LATTICE_NM
 HOPPING_CUTOFF_NM = 0.6
 
 # --- pressure -> interlayer distance ---------------------------------------
-#: Zero-pressure c-axis linear modulus K0c of graphite in GPa, linear Birch-Murnaghan fit
-#: (Wang, Panzik, Kiefer & Lee, Sci. Rep. 2, 520 (2012), Table 1).
+#: Zero-pressure c-axis modulus K0c of graphite in GPa from a Birch-Murnaghan fit of c^3
+#: (Wang, Panzik, Kiefer & Lee, Sci. Rep. 2, 520 (2012), Table 1); linear compressibility 1/(3 K0c).
 GRAPHITE_C_MODULUS_GPA = 12.0
 #: Pressure derivative K0' of that fit (fixed to 4 in Wang et al. 2012).
 GRAPHITE_C_MODULUS_DERIVATIVE = 4.0

@@ -19,6 +19,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+#: Results for the user go to standard output; progress and errors to standard error.
+result_console = Console()
 
 
 def friendly(func):
