@@ -73,7 +73,9 @@ class BandStructure:
     Attributes
     ----------
     k_nm : (nk, 2) wave vectors; distance_nm : (nk,) path coordinate; ticks_nm, labels : corners.
-    energies_ev : (nk, nb) eigenvalues; fermi_ev : neutrality Fermi level estimate (or nan).
+    energies_ev : (nk, nb) eigenvalues; fermi_ev : neutrality Fermi level.
+    full_spectrum : True when every band was computed (then band n_sites/2 - 1 is the top valence band);
+        False for shift-invert windows near the Fermi level.
     params : parameters of the model that produced them.
     """
 
@@ -83,16 +85,28 @@ class BandStructure:
     labels: list
     energies_ev: np.ndarray
     fermi_ev: float
+    full_spectrum: bool = True
     params: dict = field(default_factory=dict)
 
+    def central_energies_ev(self, n_central: int = 4) -> np.ndarray:
+        """The ``n_central`` bands around neutrality, shape (nk, n_central).
+
+        Selected by band index for full spectra, else as the eigenvalues nearest E_F at each k.
+        """
+        if self.full_spectrum:
+            half = self.energies_ev.shape[1] // 2
+            return self.energies_ev[:, half - n_central // 2: half + n_central - n_central // 2]
+        nearest = np.argsort(np.abs(self.energies_ev - self.fermi_ev), axis=1)[:, :n_central]
+        return np.sort(np.take_along_axis(self.energies_ev, nearest, axis=1), axis=1)
+
     def central_width_ev(self, n_central: int = 4) -> float:
-        """Width (max - min) of the ``n_central`` bands closest to the Fermi level."""
-        mid = np.argsort(np.abs(np.median(self.energies_ev, axis=0) - self.fermi_ev))[:n_central]
-        sel = self.energies_ev[:, np.sort(mid)]
+        """Width (max - min over the path) of the ``n_central`` bands around neutrality."""
+        sel = self.central_energies_ev(n_central)
         return float(sel.max() - sel.min())
 
     def save(self, path) -> None:
-        params = dict(self.params, labels=list(self.labels), fermi_ev=self.fermi_ev)
+        params = dict(self.params, labels=list(self.labels), fermi_ev=self.fermi_ev,
+                      full_spectrum=self.full_spectrum)
         write_h5(path, "BandStructure", params, {
             "k_nm": self.k_nm, "distance_nm": self.distance_nm, "ticks_nm": self.ticks_nm,
             "energies_ev": self.energies_ev})
@@ -102,8 +116,9 @@ class BandStructure:
         params, arrays, _ = read_h5(path, "BandStructure")
         labels = params.pop("labels")
         fermi = params.pop("fermi_ev")
+        full = params.pop("full_spectrum")
         return cls(arrays["k_nm"], arrays["distance_nm"], arrays["ticks_nm"], labels,
-                   arrays["energies_ev"], fermi if fermi is not None else np.nan, params)
+                   arrays["energies_ev"], fermi, full, params)
 
     def plot(self, path=None, window_ev: float | None = 0.3, title: str | None = None):
         """Plot the bands relative to the Fermi level; save to ``path`` (PNG) if given."""
@@ -142,19 +157,23 @@ def band_structure(tb: TightBinding, labels=("G", "K", "M", "G"), n_points: int 
     """Bands along a high-symmetry path.
 
     With ``n_bands`` (or automatically above 4000 sites) only the ``n_bands`` eigenvalues
-    nearest ``sigma_ev`` (default: monolayer Dirac energy) are found by sparse shift-invert.
+    nearest ``sigma_ev`` are found by sparse shift-invert. The default ``sigma_ev`` is the
+    neutrality point of TBG: the four-fold Dirac point at the moiré K point, located from the
+    monolayer Dirac energy.
     """
     k, distance, ticks = k_path(tb.structure, labels, n_points)
     if n_bands is None and tb.n_sites > DENSE_LIMIT:
         n_bands = 8
-    energies = np.array([eigenvalues(tb, kk, n_bands, sigma_ev) for kk in k])
     if n_bands is None:
+        energies = np.array([eigenvalues(tb, kk) for kk in k])
         fermi = neutrality_fermi_level(energies, tb.n_sites)
-    else:  # the central bands sit symmetrically around the middle of the window
-        mid = energies.shape[1] // 2
-        fermi = float(0.5 * (energies[:, mid - 1].max() + energies[:, mid].min())) if energies.shape[1] % 2 == 0 \
-            else float(np.median(energies[:, mid]))
-    return BandStructure(k, distance, ticks, list(labels), energies, fermi, _params_of(tb))
+    else:
+        if sigma_ev is None:
+            at_k = eigenvalues(tb, tb.structure.high_symmetry_points()["K"], n_bands, dirac_energy(tb.params))
+            sigma_ev = float(np.median(at_k[np.argsort(np.abs(at_k - dirac_energy(tb.params)))[:4]]))
+        energies = np.array([eigenvalues(tb, kk, n_bands, sigma_ev) for kk in k])
+        fermi = float(sigma_ev)
+    return BandStructure(k, distance, ticks, list(labels), energies, fermi, n_bands is None, _params_of(tb))
 
 
 @dataclass
