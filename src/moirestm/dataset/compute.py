@@ -1,0 +1,174 @@
+"""Work done inside one Dask task: a U-continuation chain -> sample records.
+
+A task (see :meth:`moirestm.dataset.sweep.Sweep.tasks`) is computed by an *engine*: the
+built-in "meanfield" engine (tight binding -> mean field -> site LDOS -> STM map -> FT-LDOS),
+or any importable ``module:function`` taking the task dict and returning the same records.
+A record is ``{"key", "params", "status", "error", "arrays", "results"}``; errors of one U
+are recorded and the chain continues from a fresh start.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+
+import numpy as np
+
+from ..errors import MoireSTMError
+
+
+def resolve_engine(name: str):
+    """Callable computing a task for engine ``name``."""
+    if name == "meanfield":
+        return meanfield_engine
+    module, _, func = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as exc:
+        raise MoireSTMError(f"cannot load sweep engine {name!r} ({exc})") from None
+
+
+def execute_task(task: dict, blas_threads: int | None = 1) -> list[dict]:
+    """Run one task with at most ``blas_threads`` BLAS/OpenMP threads; never raises for a sample."""
+    from threadpoolctl import threadpool_limits
+
+    engine = resolve_engine(task["engine"])
+    if blas_threads is None:
+        return engine(task)
+    with threadpool_limits(limits=int(blas_threads)):
+        return engine(task)
+
+
+def _failed(sample: dict, error: str, results: dict | None = None) -> dict:
+    return {"key": sample["key"], "params": sample["params"], "status": "failed", "error": error,
+            "arrays": {}, "results": results or {}}
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, MoireSTMError):
+        return str(exc)
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" at {last[0].filename.rsplit('/', 1)[-1]}:{last[0].lineno}" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _observables(need_stm: bool):
+    """site_ldos and stm_map from moirestm.observables (stm_map None when not needed)."""
+    try:
+        from ..observables import site_ldos
+    except ImportError:
+        from ..observables.ldos import site_ldos
+    stm_map = None
+    if need_stm:
+        try:
+            from ..observables import stm_map
+        except ImportError:
+            try:
+                from ..observables.stm import stm_map
+            except ImportError as exc:
+                raise MoireSTMError(f"STM maps are unavailable ({exc}); set [stm] enabled = false") from None
+    return site_ldos, stm_map
+
+
+def meanfield_engine(task: dict) -> list[dict]:
+    """Solve the chain's U values in order (warm starts) and evaluate every bias/broadening."""
+    from ..hamiltonian import TightBinding
+    from ..lattice import TBGLattice
+    from ..meanfield import Interaction, solve
+    from ..observables.ftldos import ft_ldos
+
+    site_ldos, stm_map = _observables(task["stm"].get("enabled", True))
+
+    base = task["base"]
+    by_u: dict[float, list[dict]] = {}
+    for sample in task["samples"]:
+        by_u.setdefault(sample["params"]["hubbard_u_ev"], []).append(sample)
+    try:
+        lattice = TBGLattice(base["index"], base["distance_nm"])
+        tb = TightBinding(lattice)
+    except Exception as exc:  # noqa: BLE001 - recorded per sample
+        text = _error_text(exc)
+        return [_failed(s, text) for s in task["samples"]]
+    stm_opts = {k: v for k, v in task["stm"].items() if k != "enabled"}
+    ft_opts = dict(task["ft"])
+    ft_source = ft_opts.pop("source", "site_ldos")
+    if ft_source not in ("site_ldos", "stm_map"):
+        return [_failed(s, f"[ft] source must be 'site_ldos' or 'stm_map', got {ft_source!r}")
+                for s in task["samples"]]
+    records = []
+    previous = None
+    fresh_start = base.get("start", "afm")
+    for u in task["u_values"]:
+        samples = by_u.get(u, [])
+        t0 = time.perf_counter()
+        try:
+            interaction = Interaction(hubbard_u_ev=u, dielectric=base["dielectric"], **task["interaction"])
+            start = previous if (previous is not None and task["continuation"] != "none") else fresh_start
+            filling = base.get("filling") if "mu_ev" not in base else None
+            solution = solve(tb, interaction, filling=filling, mu_ev=base.get("mu_ev"),
+                             kgrid=base["kgrid"], temperature_k=base["temperature_k"], start=start,
+                             seed=base.get("seed", 0), **task["solver"])
+        except Exception as exc:  # noqa: BLE001
+            text = _error_text(exc)
+            records += [_failed(s, text) for s in samples]
+            previous = None
+            continue
+        solve_s = time.perf_counter() - t0
+        moment = 0.5 * (np.asarray(solution.n_up) - np.asarray(solution.n_down))
+        results = {"mu_ev": float(solution.mu_ev), "free_energy_ev": float(solution.free_energy_ev),
+                   "converged": bool(solution.converged), "iterations": int(solution.iterations),
+                   "solve_wall_time_s": float(solve_s),
+                   "warm_start": bool(previous is not None and not isinstance(start, str)),
+                   "max_abs_moment": float(np.max(np.abs(moment))),
+                   "mean_abs_moment": float(np.mean(np.abs(moment)))}
+        if not solution.converged:
+            text = (f"mean field did not converge in {solution.iterations} iterations "
+                    f"(last residual {float(np.ravel(solution.residuals)[-1]) if np.size(solution.residuals) else float('nan'):.3g})")
+            records += [_failed(s, text, results) for s in samples]
+            previous = None
+            continue
+        previous = solution
+        for broadening in task["broadening_ev"]:
+            group = [s for s in samples if s["params"]["broadening_ev"] == broadening]
+            if not group:
+                continue
+            try:
+                t1 = time.perf_counter()
+                sldos = site_ldos(solution, bias_ev=task["bias_ev"], broadening_ev=broadening)
+                ldos_s = time.perf_counter() - t1
+            except Exception as exc:  # noqa: BLE001
+                text = _error_text(exc)
+                records += [_failed(s, text, results) for s in group]
+                continue
+            for sample in group:
+                bias_index = task["bias_ev"].index(sample["params"]["bias_ev"])
+                try:
+                    smap = None
+                    if task["stm"].get("enabled", True):
+                        smap = stm_map(sldos, bias_index=bias_index, **stm_opts)
+                    t2 = time.perf_counter()
+                    if ft_source == "stm_map":
+                        if smap is None:
+                            raise MoireSTMError("[ft] source = 'stm_map' needs [stm] enabled = true")
+                        ft = ft_ldos(smap, **{k: v for k, v in ft_opts.items() if k != "tiling"})
+                    else:
+                        ft = ft_ldos(sldos, bias_index=bias_index, nthreads=1, **ft_opts)
+                    ft_s = time.perf_counter() - t2
+                    arrays = {"ft_image": ft.image, "kx_nm": ft.kx_nm, "ky_nm": ft.ky_nm,
+                              "ldos": np.asarray(sldos.total)[bias_index].astype(np.float32),
+                              "ldos_up": np.asarray(sldos.ldos_up)[bias_index].astype(np.float32),
+                              "ldos_down": np.asarray(sldos.ldos_down)[bias_index].astype(np.float32),
+                              "n_up": np.asarray(solution.n_up, dtype=float),
+                              "n_down": np.asarray(solution.n_down, dtype=float),
+                              "residuals": np.asarray(solution.residuals, dtype=float)}
+                    if smap is not None:
+                        arrays.update(stm_map=np.asarray(smap.image, dtype=np.float32),
+                                      stm_x_nm=np.asarray(smap.x_nm), stm_y_nm=np.asarray(smap.y_nm))
+                    sample_results = dict(results, ldos_wall_time_s=ldos_s,
+                                          ft_wall_time_s=ft_s, ft_params=ft.params)
+                    records.append({"key": sample["key"], "params": sample["params"], "status": "ok",
+                                    "error": "", "arrays": arrays, "results": sample_results})
+                except Exception as exc:  # noqa: BLE001
+                    records.append(_failed(sample, _error_text(exc), results))
+    return records

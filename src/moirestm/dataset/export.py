@@ -1,0 +1,112 @@
+"""Summaries, integrity checks and PNG export of a Store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MoireSTMError
+from .store import Store
+
+PNG_MAX = 65535
+
+
+def _flatten(params: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in params.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, name + "."))
+        elif isinstance(v, list):
+            flat[name] = json.dumps(v)
+        else:
+            flat[name] = v
+    return flat
+
+
+def info(path) -> dict:
+    """Summary: provenance, sample counts, parameter ranges, image shape, file size."""
+    store = Store.open(path, "r")
+    attrs = store.attrs
+    ok, failed = store.keys("ok"), store.keys("failed")
+    ranges: dict[str, set] = {}
+    for row in store.table(None):
+        for name, value in _flatten({k: v for k, v in row.items() if k not in ("key", "status")}).items():
+            ranges.setdefault(name, set()).add(value if not isinstance(value, float) else round(value, 9))
+    varying = {}
+    for name, values in sorted(ranges.items()):
+        if len(values) > 1:
+            nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            varying[name] = ({"n": len(values), "min": min(nums), "max": max(nums)}
+                             if len(nums) == len(values) else {"n": len(values)})
+    shape = list(store.image(ok[0]).shape) if ok else None
+    sweep = json.loads(attrs.get("parameters_json", "{}"))
+    return {"path": str(path), "kind": attrs.get("moirestm_kind"), "version": attrs.get("moirestm_version"),
+            "created_utc": attrs.get("created_utc"), "modified_utc": attrs.get("modified_utc"),
+            "sweep": sweep.get("sweep"), "n_ok": len(ok), "n_failed": len(failed),
+            "n_pending_journal": len(store.pending), "image_shape": shape, "varying": varying,
+            "file_mb": round(Path(path).stat().st_size / 2**20, 3)}
+
+
+def check(path) -> list[str]:
+    """Integrity problems of the store at ``path`` (empty list: sound)."""
+    return Store.open(path, "r").check()
+
+
+def to_uint16(image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Linear map of ``image`` onto 0..65535; returns (pixels, min, max) for exact inversion."""
+    lo, hi = float(np.min(image)), float(np.max(image))
+    scale = (hi - lo) if hi > lo else 1.0
+    return np.rint((image - lo) / scale * PNG_MAX).astype(np.uint16), lo, hi
+
+
+def export_png(path, outdir, status: str = "ok", colormap: str | None = None,
+               overwrite: bool = False) -> int:
+    """Write every image as a grayscale 16-bit PNG plus ``index.csv`` (parameters, scaling).
+
+    Rows are flipped so k_y increases upwards; ``value = min + pixel / 65535 (max - min)``
+    recovers the float image to 1/65535 of its range. ``colormap`` additionally writes
+    8-bit colour PNGs for viewing to ``outdir/view``. Returns the number of images.
+    """
+    from PIL import Image
+
+    store = Store.open(path, "r")
+    outdir = Path(outdir)
+    if outdir.exists() and any(outdir.iterdir()) and not overwrite:
+        raise MoireSTMError(f"export folder {outdir} is not empty; choose another or pass overwrite")
+    try:
+        (outdir / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MoireSTMError(f"cannot create export folder {outdir} ({exc})") from None
+    if colormap:
+        import matplotlib
+
+        if colormap not in matplotlib.colormaps:
+            raise MoireSTMError(f"unknown colour map {colormap!r}")
+        (outdir / "view").mkdir(exist_ok=True)
+    rows = []
+    for key in store.keys(status):
+        image = store.image(key)[::-1]  # ky up
+        pixels, lo, hi = to_uint16(image)
+        name = f"images/{key}.png"
+        Image.fromarray(pixels).save(outdir / name)
+        if colormap:
+            import matplotlib.pyplot as plt
+
+            plt.imsave(outdir / "view" / f"{key}.png", image, cmap=colormap)
+        rows.append({"key": key, "file": name, "png_min": lo, "png_max": hi,
+                     **_flatten(store.params(key))})
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    with open(outdir / "index.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    (outdir / "README.txt").write_text(
+        f"FT-LDOS images exported from {Path(path).name} by moirestm.\n"
+        "images/<key>.png: 16-bit grayscale, row 0 = largest k_y (k_y up), column 0 = smallest k_x.\n"
+        "value = png_min + pixel / 65535 * (png_max - png_min)  (columns of index.csv).\n"
+        "view/: colour-mapped 8-bit copies for viewing only.\n")
+    return len(rows)

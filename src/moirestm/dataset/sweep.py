@@ -1,0 +1,319 @@
+"""Parameter sweeps: TOML definition, validation, and the plan of samples and tasks.
+
+A sweep file (see docs/datasets.md)::
+
+    name = "my-sweep"
+    continuation = "descending"        # U-continuation order: "descending" | "ascending" | "none"
+
+    [fixed]                            # one value for every sample
+    index = 5
+    distance_nm = 0.335                # or "magic"
+    [axes]                             # lists or {start, stop, step} (stop included) or {start, stop, num}
+    hubbard_u_ev = { start = 0.0, stop = 6.0, step = 0.1 }
+    filling = [-2.0, 0.0, 2.0]
+    [interaction]                      # extra keyword arguments of meanfield.Interaction
+    [solver]                           # extra keyword arguments of meanfield.solve
+    [stm]                              # keyword arguments of observables.stm_map (enabled = false skips it)
+    [ft]                               # keyword arguments of observables.ftldos.ft_ldos
+
+Samples sharing everything but U, bias and broadening form one task: the U values are
+solved in order, each warm-started from the previous solution, and every bias/broadening is
+evaluated from each solution.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..constants import (DIELECTRIC_CONSTANT, FT_IMAGE_SIZE, INTERLAYER_DISTANCE_NM,
+                         REFERENCE_INDEX, TEMPERATURE_K)
+from ..errors import MoireSTMError
+from .store import sample_key
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+#: Sweepable parameters and their defaults.
+AXES = {
+    "hubbard_u_ev": 0.0,
+    "filling": 0.0,
+    "mu_ev": None,
+    "bias_ev": 0.0,
+    "index": REFERENCE_INDEX,
+    "distance_nm": INTERLAYER_DISTANCE_NM,
+    "dielectric": DIELECTRIC_CONSTANT,
+    "kgrid": 1,
+    "temperature_k": TEMPERATURE_K,
+    "broadening_ev": 0.01,
+}
+INTEGER_AXES = ("index", "kgrid")
+#: Extra scalars accepted in [fixed].
+FIXED_EXTRAS = {"start": "afm", "seed": 0}
+CONTINUATIONS = ("descending", "ascending", "none")
+TOP_LEVEL = {"name", "description", "continuation", "engine", "fixed", "axes", "interaction",
+             "solver", "stm", "ft"}
+#: Fallback distance used when the magic-distance finder is unavailable (placeholder).
+PLACEHOLDER_MAGIC_DISTANCE_NM = 0.30
+#: Largest number of samples a sweep may define (guards against typos like step = 1e-6).
+MAX_SAMPLES = 1_000_000
+
+FT_DEFAULTS = {"size": FT_IMAGE_SIZE, "tiling": 3, "apodisation": "none", "remove_q0": True,
+               "log_scale": False}
+STM_DEFAULTS = {"enabled": True}
+
+BUILTIN = {
+    "demo": {
+        "name": "demo",
+        "description": "i = 5 (364 atoms, 6.01 deg), U = 0..6 eV in 0.1 eV steps at four fillings; "
+                       "laptop-sized smoke test of the whole pipeline (make demo).",
+        "continuation": "descending",
+        "fixed": {"index": 5, "distance_nm": INTERLAYER_DISTANCE_NM, "kgrid": 1, "bias_ev": 0.0,
+                  "broadening_ev": 0.02, "temperature_k": TEMPERATURE_K,
+                  "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
+        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.1},
+                 "filling": [-2.0, -1.0, 0.0, 1.0]},
+        "ft": {"size": 128},
+        "stm": {"enabled": False},
+    },
+    "standard": {
+        "name": "standard",
+        "description": "i = 9 flat-band case (3.48 deg, 1084 atoms) at its magic interlayer distance; "
+                       "U = 0..6 eV in 0.1 eV steps, several fillings and bias energies.",
+        "continuation": "descending",
+        "fixed": {"index": 9, "distance_nm": "magic", "kgrid": 1, "broadening_ev": 0.005,
+                  "temperature_k": TEMPERATURE_K, "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
+        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.1},
+                 "filling": [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0],
+                 "bias_ev": [-0.01, 0.0, 0.01]},
+        "ft": {"size": 256},
+        "stm": {"enabled": True},
+    },
+}
+
+
+def _axis_values(name: str, spec) -> list:
+    if isinstance(spec, dict):
+        unknown = set(spec) - {"start", "stop", "step", "num"}
+        if unknown or not {"start", "stop"} <= set(spec) or ("step" in spec) == ("num" in spec):
+            raise MoireSTMError(
+                f"axis {name!r}: a range needs start, stop and exactly one of step or num, got {spec}")
+        try:
+            start, stop = float(spec["start"]), float(spec["stop"])
+            if "step" in spec:
+                step = float(spec["step"])
+                if not step > 0:
+                    raise MoireSTMError(f"axis {name!r}: step must be positive, got {spec['step']}")
+                count = math.floor((stop - start) / step + 1e-9) + 1
+                if count > MAX_SAMPLES:
+                    raise MoireSTMError(f"axis {name!r}: {count} values is too many")
+                values = [start + i * step for i in range(max(count, 0))]
+            else:
+                num = spec["num"]
+                if isinstance(num, bool) or not float(num).is_integer():
+                    raise MoireSTMError(f"axis {name!r}: num must be an integer, got {num!r}")
+                values = list(np.linspace(start, stop, int(num))) if stop >= start else []
+        except (TypeError, ValueError) as exc:
+            raise MoireSTMError(f"axis {name!r}: range bounds must be numbers ({exc})") from None
+        values = [round(v, 10) for v in values]
+        if not values:
+            raise MoireSTMError(f"axis {name!r}: empty range {spec} (stop below start?)")
+    elif isinstance(spec, list):
+        values = list(spec)
+        if not values:
+            raise MoireSTMError(f"axis {name!r}: empty list of values")
+    else:
+        values = [spec]
+    return [_check_value(name, v) for v in values]
+
+
+def _check_value(name: str, value):
+    if name == "distance_nm" and value == "magic":
+        return value
+    if name == "start":
+        if not isinstance(value, str):
+            raise MoireSTMError(f"start must be a string such as 'afm', got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MoireSTMError(f"{name}: values must be numbers, got {value!r}")
+    if not math.isfinite(value):
+        raise MoireSTMError(f"{name}: values must be finite, got {value!r}")
+    if name in INTEGER_AXES or name == "seed":
+        if not float(value).is_integer():
+            raise MoireSTMError(f"{name}: values must be integers, got {value!r}")
+        return int(value)
+    return float(value)
+
+
+@dataclass
+class Sweep:
+    """A validated sweep definition.
+
+    Attributes
+    ----------
+    name, description : labels.
+    values : every parameter name -> list of values (fixed ones have one value).
+    continuation : U-continuation order inside a task.
+    engine : "meanfield" or "module:function" computing one task.
+    interaction, solver, stm, ft : option tables passed to the pipeline stages.
+    """
+
+    name: str
+    values: dict
+    description: str = ""
+    continuation: str = "descending"
+    engine: str = "meanfield"
+    interaction: dict = field(default_factory=dict)
+    solver: dict = field(default_factory=dict)
+    stm: dict = field(default_factory=dict)
+    ft: dict = field(default_factory=dict)
+    definition: dict = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, spec: dict) -> "Sweep":
+        """Validate a sweep given as a dictionary (the parsed TOML)."""
+        if not isinstance(spec, dict):
+            raise MoireSTMError("a sweep definition must be a TOML table")
+        unknown = set(spec) - TOP_LEVEL
+        if unknown:
+            raise MoireSTMError(f"unknown sweep entr{'y' if len(unknown) == 1 else 'ies'} "
+                                f"{sorted(unknown)}; known: {sorted(TOP_LEVEL)}")
+        fixed, axes = dict(spec.get("fixed", {})), dict(spec.get("axes", {}))
+        for table, names, allowed in (("axes", axes, set(AXES)),
+                                      ("fixed", fixed, set(AXES) | set(FIXED_EXTRAS))):
+            bad = set(names) - allowed
+            if bad:
+                raise MoireSTMError(f"unknown {table} name(s) {sorted(bad)}; allowed: {sorted(allowed)}")
+        both = set(fixed) & set(axes)
+        if both:
+            raise MoireSTMError(f"{sorted(both)} given both in [fixed] and [axes]")
+        if not axes:
+            raise MoireSTMError("a sweep needs at least one axis in [axes]")
+        merged = {**fixed, **axes}
+        if "mu_ev" in merged and "filling" in merged:
+            raise MoireSTMError("give either filling or mu_ev, not both")
+        values = {}
+        for name, default in {**AXES, **FIXED_EXTRAS}.items():
+            if name == "filling" and "mu_ev" in merged:
+                continue
+            if name == "mu_ev" and "mu_ev" not in merged:
+                continue
+            spec_value = merged.get(name, default)
+            if name in fixed and isinstance(spec_value, (list, dict)):
+                raise MoireSTMError(f"[fixed] {name} must be a single value; put lists in [axes]")
+            values[name] = _axis_values(name, spec_value)
+        continuation = spec.get("continuation", "descending")
+        if continuation not in CONTINUATIONS:
+            raise MoireSTMError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
+        engine = spec.get("engine", "meanfield")
+        if not isinstance(engine, str) or (engine != "meanfield" and ":" not in engine):
+            raise MoireSTMError(f"engine must be 'meanfield' or 'module:function', got {engine!r}")
+        tables = {}
+        for name in ("interaction", "solver", "stm", "ft"):
+            table = spec.get(name, {})
+            if not isinstance(table, dict):
+                raise MoireSTMError(f"[{name}] must be a table of options")
+            tables[name] = dict(table)
+        for forbidden in ("hubbard_u_ev", "dielectric"):
+            if forbidden in tables["interaction"]:
+                raise MoireSTMError(f"set {forbidden} in [fixed] or [axes], not in [interaction]")
+        sweep = cls(name=str(spec.get("name", "sweep")), values=values,
+                    description=str(spec.get("description", "")), continuation=continuation,
+                    engine=engine, interaction=tables["interaction"], solver=tables["solver"],
+                    stm={**STM_DEFAULTS, **tables["stm"]}, ft={**FT_DEFAULTS, **tables["ft"]},
+                    definition=copy.deepcopy(spec))
+        if sweep.n_samples > MAX_SAMPLES:
+            raise MoireSTMError(f"sweep defines {sweep.n_samples} samples (limit {MAX_SAMPLES})")
+        return sweep
+
+    @classmethod
+    def load(cls, source) -> "Sweep":
+        """Sweep from a TOML file path or a built-in name ("demo", "standard")."""
+        if isinstance(source, str) and source in BUILTIN:
+            return cls.from_dict(copy.deepcopy(BUILTIN[source]))
+        path = Path(source)
+        if not path.is_file():
+            raise MoireSTMError(f"sweep file not found: {source} (built-in sweeps: {sorted(BUILTIN)})")
+        try:
+            spec = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise MoireSTMError(f"{path}: not a valid TOML file ({exc})") from None
+        return cls.from_dict(spec)
+
+    def to_toml(self) -> str:
+        """The definition as TOML text."""
+        import tomli_w
+
+        return tomli_w.dumps(self.definition)
+
+    # ----------------------------------------------------------------- plan
+    @property
+    def n_samples(self) -> int:
+        return int(np.prod([len(v) for v in self.values.values()]))
+
+    @property
+    def axes(self) -> dict:
+        """Parameters with more than one value."""
+        return {k: v for k, v in self.values.items() if len(v) > 1}
+
+    def tasks(self) -> list[dict]:
+        """Independent units of work; each lists its samples (params and key)."""
+        chain_names = [n for n in self.values if n not in ("hubbard_u_ev", "bias_ev", "broadening_ev")]
+        u_values = sorted(self.values["hubbard_u_ev"], reverse=self.continuation == "descending")
+        tasks = []
+        for combo in itertools.product(*(self.values[n] for n in chain_names)):
+            base = dict(zip(chain_names, combo))
+            if base.get("distance_nm") == "magic":
+                base["distance_nm"], base["distance_source"] = resolve_magic_distance(base["index"])
+            chains = [u_values] if self.continuation != "none" else [[u] for u in u_values]
+            for chain in chains:
+                samples = []
+                for u in chain:
+                    for br in self.values["broadening_ev"]:
+                        for bias in self.values["bias_ev"]:
+                            params = self.sample_params(base, u, bias, br)
+                            samples.append({"key": sample_key(params), "params": params})
+                tasks.append({"base": base, "u_values": list(chain),
+                              "bias_ev": list(self.values["bias_ev"]),
+                              "broadening_ev": list(self.values["broadening_ev"]),
+                              "continuation": self.continuation, "engine": self.engine,
+                              "interaction": self.interaction, "solver": self.solver,
+                              "stm": self.stm, "ft": self.ft, "samples": samples})
+        return tasks
+
+    def sample_params(self, base: dict, u: float, bias: float, broadening: float) -> dict:
+        """Every parameter of one sample (the hash of this dict is its key)."""
+        return {**base, "hubbard_u_ev": u, "bias_ev": bias, "broadening_ev": broadening,
+                "continuation": self.continuation, "engine": self.engine,
+                "interaction": self.interaction, "solver": self.solver, "stm": self.stm,
+                "ft": self.ft}
+
+    def summary(self) -> dict:
+        """Name, sample count and axes."""
+        return {"name": self.name, "description": self.description, "n_samples": self.n_samples,
+                "axes": {k: [v[0], v[-1], len(v)] for k, v in self.axes.items()},
+                "fixed": {k: v[0] for k, v in self.values.items() if len(v) == 1},
+                "continuation": self.continuation, "engine": self.engine}
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_magic_distance(index: int) -> tuple[float, str]:
+    """Magic interlayer distance of ``index`` and where it came from.
+
+    Uses ``moirestm.hamiltonian.magic.magic_distance`` when available, otherwise the placeholder
+    PLACEHOLDER_MAGIC_DISTANCE_NM (marked "placeholder" so it can be found and recomputed).
+    """
+    try:
+        from ..hamiltonian.magic import magic_distance
+    except ImportError:
+        return PLACEHOLDER_MAGIC_DISTANCE_NM, "placeholder"
+    return round(float(magic_distance(index).distance_nm), 6), "magic_distance"
