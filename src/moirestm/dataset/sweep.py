@@ -61,8 +61,6 @@ FIXED_EXTRAS = {"start": "afm", "seed": 0}
 CONTINUATIONS = ("descending", "ascending", "none")
 TOP_LEVEL = {"name", "description", "continuation", "engine", "fixed", "axes", "interaction",
              "solver", "stm", "ft"}
-#: Fallback distance used when the magic-distance finder is unavailable (placeholder).
-PLACEHOLDER_MAGIC_DISTANCE_NM = 0.30
 #: Largest number of samples a sweep may define (guards against typos like step = 1e-6).
 MAX_SAMPLES = 1_000_000
 
@@ -307,13 +305,7 @@ class Sweep:
 
 @functools.lru_cache(maxsize=None)
 def resolve_magic_distance(index: int) -> tuple[float, str]:
-    """Magic interlayer distance of ``index`` and where it came from.
+    """Magic interlayer distance of ``index`` (nm, rounded to 1e-6 so sample keys are stable) and its source."""
+    from ..hamiltonian.magic import magic_distance
 
-    Uses ``moirestm.hamiltonian.magic.magic_distance`` when available, otherwise the placeholder
-    PLACEHOLDER_MAGIC_DISTANCE_NM (marked "placeholder" so it can be found and recomputed).
-    """
-    try:
-        from ..hamiltonian.magic import magic_distance
-    except ImportError:
-        return PLACEHOLDER_MAGIC_DISTANCE_NM, "placeholder"
     return round(float(magic_distance(index).distance_nm), 6), "magic_distance"
