@@ -53,32 +53,13 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _observables(need_stm: bool):
-    """site_ldos and stm_map from moirestm.observables (stm_map None when not needed)."""
-    try:
-        from ..observables import site_ldos
-    except ImportError:
-        from ..observables.ldos import site_ldos
-    stm_map = None
-    if need_stm:
-        try:
-            from ..observables import stm_map
-        except ImportError:
-            try:
-                from ..observables.stm import stm_map
-            except ImportError as exc:
-                raise MoireSTMError(f"STM maps are unavailable ({exc}); set [stm] enabled = false") from None
-    return site_ldos, stm_map
-
-
 def meanfield_engine(task: dict) -> list[dict]:
     """Solve the chain's U values in order (warm starts) and evaluate every bias/broadening."""
     from ..hamiltonian import TightBinding
     from ..lattice import TBGLattice
     from ..meanfield import Interaction, solve
+    from ..observables import site_ldos, stm_map
     from ..observables.ftldos import ft_ldos
-
-    site_ldos, stm_map = _observables(task["stm"].get("enabled", True))
 
     base = task["base"]
     by_u: dict[float, list[dict]] = {}

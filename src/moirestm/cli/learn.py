@@ -1,0 +1,124 @@
+"""Learning commands: train, evaluate, predict, baselines (thin wrappers over moirestm.learn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, console, emit_json, friendly
+
+
+def _threads(threads: Optional[int]) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.command("train")
+@friendly
+def train_cmd(
+    data: Path = typer.Argument(..., help="dataset store (.h5)"),
+    model: str = typer.Option("cnn", help="mlp | cnn | resnet18"),
+    split: str = typer.Option("group", help="random | group | interpolate | extrapolate | filling"),
+    out: Path = typer.Option(Path("runs/run"), help="run directory"),
+    target: list[str] = typer.Option(["hubbard_u_ev"], help="target parameter(s); repeat for several"),
+    epochs: int = typer.Option(60, help="maximum epochs"),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(2e-3, help="AdamW learning rate"),
+    patience: int = typer.Option(15, help="early stopping patience (epochs without a better val MAE)"),
+    seed: int = typer.Option(0),
+    augment: str = typer.Option("clean", help="clean | mild | symb | noisy"),
+    augment_space: str = typer.Option("ft", help="ft (fast) | real (artifacts on the STM map)"),
+    input_size: Optional[int] = typer.Option(None, help="model input side after down-sampling"),
+    max_minutes: Optional[float] = typer.Option(None, help="wall-time budget"),
+    resume: bool = typer.Option(False, help="continue OUT/last.pt"),
+    overwrite: bool = typer.Option(False, help="replace an existing run in OUT"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+) -> None:
+    """Train a network to predict U from FT-LDOS images; prints the held-out test metrics."""
+    from ..learn import evaluate, train
+
+    _threads(threads)
+    run = train(data, model=model, split=split, out=out, targets=target, epochs=epochs, batch_size=batch_size,
+                lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
+                input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite)
+    best = run.best
+    console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val MAE "
+                  f"{', '.join(f'{v:.4g}' for v in best['val_mae'])}, time to best {best['time_s']:.1f} s")
+    result = evaluate(run)
+    for name, m in result["targets"].items():
+        console.print(f"test {name}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R² {m['r2']:.4f}  "
+                      f"(n={m['n']}, within 2σ {m['coverage']['within_2sigma']:.2f})")
+    console.print(f"run saved in {out}")
+
+
+@app.command("evaluate")
+@friendly
+def evaluate_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    data: Optional[Path] = typer.Option(None, help="another store to evaluate on (all its samples)"),
+    part: str = typer.Option("test", help="test | val | train (own store only)"),
+    out: Optional[Path] = typer.Option(None, help="output directory for metrics.json and plots"),
+    json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+) -> None:
+    """MAE, RMSE, R², error per U, uncertainty coverage; parity and residual PNGs and metrics.json."""
+    from ..learn import evaluate
+
+    result = evaluate(run, store=data, part=part, out=out)
+    if json_out:
+        emit_json(result)
+        return
+    for name, m in result["targets"].items():
+        cov = m["coverage"]
+        console.print(f"{name} on {result['part']} (n={m['n']}): MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  "
+                      f"R² {m['r2']:.4f}  within 1σ/2σ {cov['within_1sigma']:.2f}/{cov['within_2sigma']:.2f}")
+    console.print(f"written to {result.get('out')}")
+
+
+@app.command("predict")
+@friendly
+def predict_cmd(
+    run: Path = typer.Argument(..., help="run directory"),
+    input: Path = typer.Argument(..., help=".npy array, PNG image, or a store (.h5)"),
+    key: Optional[str] = typer.Option(None, help="sample key when INPUT is a store (default: all samples)"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Predict U ± 1σ (MC dropout, recalibrated on validation data) for an image or store samples."""
+    from ..learn import predict
+
+    result = predict(run, input, key=key)
+    preds = result if isinstance(result, list) else [result]
+    if json_out:
+        emit_json([p.to_dict() for p in preds])
+        return
+    for p in preds:
+        typer.echo(str(p))
+
+
+@app.command("baselines")
+@friendly
+def baselines_cmd(
+    data: Path = typer.Argument(..., help="dataset store (.h5)"),
+    split: str = typer.Option("group", help="random | group | interpolate | extrapolate | filling"),
+    seed: int = typer.Option(0),
+    target: list[str] = typer.Option(["hubbard_u_ev"]),
+    run: Optional[Path] = typer.Option(None, help="use the split of this run (to compare with it)"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """PCA + ridge, PCA + kernel ridge and peak-intensity + ridge baselines on the same split."""
+    from ..learn import Run, run_baselines
+
+    sp = Run.load(run).split if run is not None else split
+    result = run_baselines(data, split=sp, seed=seed, targets=target)
+    if json_out:
+        emit_json(result)
+        return
+    console.print(f"split {result['split']} (train/val/test = {result['n']['train']}/{result['n']['val']}/"
+                  f"{result['n']['test']})")
+    for name, r in result["results"].items():
+        for t in result["targets"]:
+            m = r[t]
+            typer.echo(f"{name:18s} {t}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R² {m['r2']:.4f}")

@@ -1,0 +1,25 @@
+"""Learning U (and other parameters) from FT-LDOS images, in plain PyTorch.
+
+Notebook API::
+
+    from moirestm.learn import train, Run, evaluate, predict, run_baselines
+    run = train("data.h5", model="cnn", split="group", out="runs/x")
+    run = Run.load("runs/x")
+    metrics = evaluate(run)                 # held-out test split of the training store
+    p = predict(run, "image.npy")           # U ± sigma (MC dropout, recalibrated)
+    table = run_baselines("data.h5", split="group")
+
+Imports torch; the physics modules never import this package.
+"""
+
+from .augment import PRESETS, AugmentConfig, Augmenter
+from .baselines import run_baselines
+from .data import ImageDataset, Normalizer, Split, make_split, open_store
+from .evaluate import evaluate, regression_metrics
+from .models import MODELS, build_model
+from .predict import Prediction, predict
+from .train import Run, TrainConfig, train
+
+__all__ = ["train", "Run", "TrainConfig", "evaluate", "predict", "Prediction", "run_baselines", "make_split",
+           "Split", "Normalizer", "ImageDataset", "open_store", "Augmenter", "AugmentConfig", "PRESETS",
+           "build_model", "MODELS", "regression_metrics"]

@@ -1,0 +1,354 @@
+"""Data access for learning: store opening, honest splits, train-only normalisation, a lazy Dataset.
+
+The hand-over from the physics side is the :class:`moirestm.dataset.store.Store`
+(see docs/architecture.md).  Any object with the same ``keys`` / ``params`` /
+``image`` methods is accepted too, so notebooks can feed in-memory data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import MoireSTMError
+
+DEFAULT_TARGET = "hubbard_u_ev"
+SPLITS = ("random", "group", "interpolate", "extrapolate", "filling")
+
+
+# --------------------------------------------------------------------------- store access
+def open_store(source: Any):
+    """Return a store: open ``source`` if it is a path, else check it quacks like a Store."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise MoireSTMError(f"dataset not found: {path}")
+        try:
+            from ..dataset.store import Store
+        except ImportError as exc:  # pragma: no cover - only before the dataset module exists
+            raise MoireSTMError(f"cannot open {path}: moirestm.dataset.store is unavailable ({exc})") from None
+        return Store.open(path)
+    for method in ("keys", "params", "image"):
+        if not callable(getattr(source, method, None)):
+            raise MoireSTMError(f"{type(source).__name__} is not a store (no {method}() method)")
+    return source
+
+
+def store_path(store) -> str | None:
+    """File path of a store, if it has one."""
+    path = getattr(store, "path", None)
+    return str(path) if path is not None else None
+
+
+def read_array(store, key: str, name: str) -> np.ndarray | None:
+    """Read the dataset ``name`` of sample ``key`` (e.g. ``stm_map``, ``kx_nm``); None if absent."""
+    fn = getattr(store, "arrays", None)
+    if callable(fn):
+        try:
+            return np.asarray(fn(key, [name])[name])
+        except (KeyError, MoireSTMError):
+            return None
+    path = store_path(store)
+    if path is None:
+        return None
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        node = f.get(f"samples/{key}/{name}")
+        return None if node is None else np.asarray(node[()])
+
+
+def targets_of(store, keys: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+    """Array ``(n, n_targets)`` of target parameters, with a clear error if one is missing."""
+    out = np.empty((len(keys), len(targets)), dtype=np.float64)
+    for i, key in enumerate(keys):
+        params = store.params(key)
+        for j, name in enumerate(targets):
+            if name not in params:
+                raise MoireSTMError(f"sample {key} has no parameter {name!r} (has: {', '.join(sorted(params))})")
+            out[i, j] = float(params[name])
+    return out
+
+
+# --------------------------------------------------------------------------- splits
+@dataclass
+class Split:
+    """Train / validation / test keys of one store, with how they were drawn."""
+
+    kind: str
+    seed: int
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    group_by: str | None = None
+    held_out: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "seed": self.seed, "train": list(self.train), "val": list(self.val),
+                "test": list(self.test), "group_by": self.group_by, "held_out": self.held_out}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(kind=d["kind"], seed=int(d["seed"]), train=list(d["train"]), val=list(d["val"]),
+                   test=list(d["test"]), group_by=d.get("group_by"), held_out=dict(d.get("held_out", {})))
+
+    def keys(self, part: str) -> list[str]:
+        if part not in ("train", "val", "test"):
+            raise MoireSTMError(f"unknown split part {part!r}; use train, val or test")
+        return list(getattr(self, part))
+
+
+def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    n_test = max(1, int(round(n * test_fraction)))
+    n_val = max(1, int(round(n * val_fraction)))
+    if n - n_test - n_val < 1:
+        raise MoireSTMError(f"only {n} groups/samples: too few for a train/val/test split")
+    return n_val, n_test
+
+
+def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_TARGET,
+               val_fraction: float = 0.15, test_fraction: float = 0.15) -> Split:
+    """Split the store's ``ok`` samples.
+
+    Parameters
+    ----------
+    kind : ``random`` (samples), ``group`` (whole values of ``target`` held out, so no test
+        value is ever seen in training), ``interpolate`` (held-out *intermediate* values; the
+        two ends stay in training), ``extrapolate`` (held-out ends: test = lowest and highest
+        values, validation the next ones inward), ``filling`` (whole fillings held out).
+    seed : fixes the draw.
+    target : parameter whose values define the groups (``filling`` for ``kind="filling"``).
+    """
+    if kind not in SPLITS:
+        raise MoireSTMError(f"unknown split {kind!r}; choose one of {', '.join(SPLITS)}")
+    keys = sorted(store.keys(status="ok"))
+    if len(keys) < 3:
+        raise MoireSTMError(f"the store has {len(keys)} usable samples; at least 3 are needed")
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        perm = [keys[i] for i in rng.permutation(len(keys))]
+        n_val, n_test = _counts(len(keys), val_fraction, test_fraction)
+        return Split(kind, seed, train=sorted(perm[n_val + n_test:]), val=sorted(perm[:n_val]),
+                     test=sorted(perm[n_val:n_val + n_test]))
+
+    group_by = "filling" if kind == "filling" else target
+    values = targets_of(store, keys, [group_by])[:, 0]
+    rounded = np.round(values, 9)
+    groups = np.unique(rounded)
+    if len(groups) < 3:
+        raise MoireSTMError(f"split {kind!r} needs at least 3 distinct values of {group_by}, found {len(groups)}")
+    n_val, n_test = _counts(len(groups), val_fraction, test_fraction)
+    if kind in ("group", "filling"):
+        perm = groups[rng.permutation(len(groups))]
+        test_g, val_g = perm[:n_test], perm[n_test:n_test + n_val]
+    elif kind == "interpolate":
+        interior = groups[1:-1]
+        if len(interior) < n_val + n_test:
+            raise MoireSTMError(f"too few intermediate values of {group_by} for an interpolation split")
+        # spread the held-out values over the range: every k-th interior value, random offset
+        step = len(interior) / (n_val + n_test)
+        offset = rng.uniform(0, step)
+        picks = np.unique(np.minimum((offset + step * np.arange(n_val + n_test)).astype(int), len(interior) - 1))
+        chosen = interior[picks]
+        order = rng.permutation(len(chosen))
+        test_g, val_g = chosen[order[:n_test]], chosen[order[n_test:]]
+    else:  # extrapolate
+        low, high = (n_test + 1) // 2, n_test // 2
+        test_g = np.concatenate([groups[:low], groups[len(groups) - high:] if high else groups[:0]])
+        inner = groups[low:len(groups) - high]
+        vlow, vhigh = (n_val + 1) // 2, n_val // 2
+        val_g = np.concatenate([inner[:vlow], inner[len(inner) - vhigh:] if vhigh else inner[:0]])
+    test_set, val_set = set(test_g.tolist()), set(val_g.tolist())
+    train, val, test = [], [], []
+    for key, v in zip(keys, rounded):
+        (test if v in test_set else val if v in val_set else train).append(key)
+    held = {"by": group_by, "val": sorted(val_set), "test": sorted(test_set)}
+    return Split(kind, seed, train=train, val=val, test=test, group_by=group_by, held_out=held)
+
+
+# --------------------------------------------------------------------------- normalisation
+def downsample(image: np.ndarray, size: int | None) -> np.ndarray:
+    """Area-average an image to ``size`` x ``size`` (integrated peak intensity is kept)."""
+    if size is None or image.shape == (size, size):
+        return np.asarray(image, dtype=np.float32)
+    t = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
+
+
+@dataclass
+class Normalizer:
+    """Image and target normalisation, fitted on the training split only.
+
+    Images: area down-sampling to ``input_size``, ``log1p(image / scale)`` (FT peaks span
+    decades; ``scale`` is the median training-image mean), then subtraction of the training
+    mean image and division by one global std.  Images stored already log-scaled (they
+    have negative pixels, ``FTImage.params["log_scale"]``) skip the ``log1p`` (``log_input``).
+    Targets: standardised per target with training mean and std.
+    """
+
+    image_shape: tuple[int, int]
+    input_size: int | None
+    scale: float
+    pixel_mean: np.ndarray
+    pixel_std: float
+    target_names: list[str]
+    target_mean: np.ndarray
+    target_std: np.ndarray
+    log_input: bool = False
+
+    @classmethod
+    def fit(cls, images: Sequence[np.ndarray], targets: np.ndarray, target_names: Sequence[str],
+            input_size: int | None) -> "Normalizer":
+        images = list(images)
+        if not images:
+            raise MoireSTMError("cannot fit a normalisation on an empty training split")
+        shape = tuple(images[0].shape)
+        log_input = any(float(np.min(im)) < 0 for im in images)
+        if log_input:
+            scale = 1.0
+        else:
+            scale = float(np.median([float(np.mean(im)) for im in images]))
+            if not np.isfinite(scale) or scale <= 0:
+                raise MoireSTMError("training images have a non-positive mean intensity; cannot normalise")
+        probe = cls(shape, input_size, scale, np.zeros(1, np.float32), 1.0, [], np.zeros(1), np.ones(1), log_input)
+        logs = np.stack([probe._features(im) for im in images])
+        mean = logs.mean(axis=0)
+        std = float((logs - mean).std())
+        targets = np.asarray(targets, dtype=np.float64)
+        tstd = targets.std(axis=0)
+        tstd = np.where(tstd > 0, tstd, 1.0)
+        return cls(shape, input_size, scale, mean.astype(np.float32), std if std > 0 else 1.0,
+                   list(target_names), targets.mean(axis=0), tstd, log_input)
+
+    def check(self, image: np.ndarray) -> np.ndarray:
+        """Validate one raw image (shape, finiteness, sign) and return it as float32."""
+        arr = np.asarray(image)
+        if arr.ndim != 2:
+            raise MoireSTMError(f"expected a 2-D FT-LDOS image, got an array of shape {arr.shape}")
+        if tuple(arr.shape) != tuple(self.image_shape):
+            raise MoireSTMError(f"image shape {arr.shape} does not match the model's "
+                                f"{tuple(self.image_shape)}")
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise MoireSTMError(f"image must hold real numbers, got dtype {arr.dtype}")
+        arr = arr.astype(np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise MoireSTMError(f"image contains {int(np.sum(~np.isfinite(arr)))} NaN or infinite pixels")
+        if not self.log_input and arr.min() < 0:
+            raise MoireSTMError(f"FT-LDOS magnitudes are non-negative, image minimum is {arr.min():.3g}")
+        return arr
+
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        """Raw image (H, W) -> normalised model input (1, h, w) float32."""
+        x = self._features(image)
+        return ((x - self.pixel_mean) / self.pixel_std)[None].astype(np.float32)
+
+    def _features(self, image: np.ndarray) -> np.ndarray:
+        x = downsample(image, self.input_size)
+        return x if self.log_input else np.log1p(x / self.scale)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return tuple(self.pixel_mean.shape)
+
+    def encode_targets(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y) - self.target_mean) / self.target_std).astype(np.float32)
+
+    def decode_targets(self, z: np.ndarray) -> np.ndarray:
+        return np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
+
+    def state(self) -> dict:
+        """Checkpoint-safe state (tensors and plain types only)."""
+        return {"image_shape": list(self.image_shape), "input_size": self.input_size, "scale": self.scale,
+                "pixel_mean": torch.from_numpy(self.pixel_mean.copy()), "pixel_std": self.pixel_std,
+                "target_names": list(self.target_names),
+                "target_mean": torch.from_numpy(np.asarray(self.target_mean, dtype=np.float64)),
+                "target_std": torch.from_numpy(np.asarray(self.target_std, dtype=np.float64)),
+                "log_input": self.log_input}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "Normalizer":
+        return cls(tuple(s["image_shape"]), s["input_size"], float(s["scale"]), s["pixel_mean"].numpy(),
+                   float(s["pixel_std"]), list(s["target_names"]), s["target_mean"].numpy(),
+                   s["target_std"].numpy(), bool(s.get("log_input", False)))
+
+
+# --------------------------------------------------------------------------- dataset
+class ImageDataset(Dataset):
+    """Lazy dataset over store samples: reads an image on first access, then keeps it.
+
+    Parameters
+    ----------
+    store : an open Store (or store-like object).
+    keys : sample keys.
+    normalizer : fitted :class:`Normalizer`.
+    augment : optional callable ``augment(image, rng, sample)`` returning an image (see
+        :mod:`moirestm.learn.augment`); ``sample`` gives lazy access to the stored arrays.
+    seed : augmentation seed; draws depend on (seed, epoch, index) only, so runs are reproducible.
+    cache : keep raw images in memory after the first read.
+    """
+
+    def __init__(self, store, keys: Sequence[str], normalizer: Normalizer, augment: Callable | None = None,
+                 seed: int = 0, cache: bool = True):
+        self.store = store
+        self.keys = list(keys)
+        self.normalizer = normalizer
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache = cache
+        self._images: dict[int, np.ndarray] = {}
+        self._targets = normalizer.encode_targets(targets_of(store, self.keys, normalizer.target_names))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def raw(self, i: int) -> np.ndarray:
+        if i in self._images:
+            return self._images[i]
+        image = self.normalizer.check(self.store.image(self.keys[i]))
+        if self.cache:
+            self._images[i] = image
+        return image
+
+    def __getitem__(self, i: int):
+        image = self.raw(i)
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            image = self.augment(image, rng, SampleArrays(self.store, self.keys[i]))
+        return torch.from_numpy(self.normalizer.transform(image)), torch.from_numpy(self._targets[i])
+
+
+class SampleArrays:
+    """Lazy, memoised access to the stored arrays of one sample (``kx_nm``, ``stm_map``, ...)."""
+
+    _cache: dict = {}
+
+    def __init__(self, store, key: str):
+        self.store, self.key = store, key
+
+    def get(self, name: str) -> np.ndarray | None:
+        ck = (id(self.store), self.key, name)
+        if ck not in SampleArrays._cache:
+            if len(SampleArrays._cache) > 4096:
+                SampleArrays._cache.clear()
+            SampleArrays._cache[ck] = read_array(self.store, self.key, name)
+        return SampleArrays._cache[ck]
+
+
+def batch_inputs(normalizer: Normalizer, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """Validate and normalise raw images into a model batch ``(B, 1, h, w)``."""
+    return torch.from_numpy(np.stack([normalizer.transform(normalizer.check(im)) for im in images]))
+
+
+__all__ = ["open_store", "read_array", "targets_of", "Split", "make_split", "Normalizer", "ImageDataset",
+           "SampleArrays", "batch_inputs", "downsample", "DEFAULT_TARGET", "SPLITS"]

@@ -1,0 +1,148 @@
+"""Evaluation of a trained run: MAE, RMSE, R², error per U, uncertainty calibration, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import MoireSTMError
+from .data import open_store, store_path, targets_of
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """MAE, RMSE, R² and max error of one target."""
+    y_true, y_pred = np.asarray(y_true, float), np.asarray(y_pred, float)
+    err = y_pred - y_true
+    ss_tot = float(np.sum((y_true - y_true.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(err ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2))), "r2": r2,
+            "max_abs_error": float(np.max(np.abs(err))), "bias": float(np.mean(err)), "n": int(len(err))}
+
+
+def error_per_value(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray | None = None) -> list[dict]:
+    """MAE, bias and (optionally) mean sigma for each distinct true value (e.g. each U)."""
+    rows = []
+    keys = np.round(np.asarray(y_true, float), 9)
+    for v in np.unique(keys):
+        sel = keys == v
+        err = y_pred[sel] - y_true[sel]
+        row = {"value": float(v), "n": int(sel.sum()), "mae": float(np.mean(np.abs(err))),
+               "bias": float(np.mean(err))}
+        if sigma is not None:
+            row["mean_sigma"] = float(np.mean(sigma[sel]))
+        rows.append(row)
+    return rows
+
+
+def coverage(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray) -> dict:
+    """Fractions of errors within 1 and 2 sigma (Gaussian ideal: 0.683 and 0.954), and mean z²."""
+    z = np.abs(y_pred - y_true) / np.maximum(sigma, 1e-300)
+    return {"within_1sigma": float(np.mean(z <= 1)), "within_2sigma": float(np.mean(z <= 2)),
+            "mean_z2": float(np.mean(z ** 2)), "mean_sigma": float(np.mean(sigma))}
+
+
+def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | None = None,
+             plots: bool = True, mc_samples: int | None = None) -> dict:
+    """Evaluate a run on its held-out split, or on all samples of another store.
+
+    Parameters
+    ----------
+    run : :class:`moirestm.learn.train.Run` or its directory.
+    store : None (the run's own store and split ``part``), or another store / path, whose
+        ``ok`` samples are all evaluated (if it *is* the training store, ``part`` is used).
+    part : ``"test"``, ``"val"`` or ``"train"`` for the run's own store.
+    out : directory for ``metrics.json``, ``parity.png`` and ``residuals.png`` (default:
+        ``<run>/eval-<part or store name>``); None with ``plots=False`` writes nothing.
+
+    Returns
+    -------
+    dict : per target: metrics, error per value, uncertainty coverage; plus data description.
+    """
+    from .train import Run
+
+    if not isinstance(run, Run):
+        run = Run.load(run)
+    if store is None:
+        if run.store is None:
+            raise MoireSTMError("the run records no store path; pass the store to evaluate on")
+        store = run.store
+    st = open_store(store)
+    path = store_path(st)
+    own = run.store is not None and path is not None and Path(path).resolve() == Path(run.store).resolve()
+    if own:
+        keys = run.split.keys(part)
+        label = part
+    else:
+        keys = st.keys(status="ok")
+        label = Path(store_path(st) or "store").stem
+    if not keys:
+        raise MoireSTMError(f"nothing to evaluate: no samples in {label}")
+    names = run.targets
+    y = targets_of(st, keys, names)
+    images = [st.image(k) for k in keys]
+    mean, sigma = run.predict(images, mc_samples=mc_samples)
+    result = {"data": str(store_path(st)), "part": label, "n": len(keys), "model": run.model_config["name"],
+              "split": run.split.kind, "uncertainty": "MC dropout, validation-recalibrated", "targets": {}}
+    for j, name in enumerate(names):
+        result["targets"][name] = {**regression_metrics(y[:, j], mean[:, j]),
+                                   "per_value": error_per_value(y[:, j], mean[:, j], sigma[:, j]),
+                                   "coverage": coverage(y[:, j], mean[:, j], sigma[:, j])}
+    if out is None and plots and run.path is not None:
+        out = Path(run.path) / f"eval-{label}"
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+        (out / "predictions.json").write_text(json.dumps(
+            [{"key": k, **{n: float(y[i, j]) for j, n in enumerate(names)},
+              **{f"{n}_pred": float(mean[i, j]) for j, n in enumerate(names)},
+              **{f"{n}_sigma": float(sigma[i, j]) for j, n in enumerate(names)}} for i, k in enumerate(keys)],
+            indent=1))
+        if plots:
+            result["plots"] = plot_parity(y, mean, sigma, names, out, title=f"{run.model_config['name']} "
+                                          f"({run.split.kind} split, {label})")
+        result["out"] = str(out)
+    return result
+
+
+def plot_parity(y: np.ndarray, pred: np.ndarray, sigma: np.ndarray, names: list[str], out: Path,
+                title: str = "") -> list[str]:
+    """Write ``parity.png`` and ``residuals.png``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    paths = []
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    for j, name in enumerate(names):
+        ax = axes[0, j]
+        lo, hi = float(min(y[:, j].min(), pred[:, j].min())), float(max(y[:, j].max(), pred[:, j].max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.errorbar(y[:, j], pred[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
+        m = regression_metrics(y[:, j], pred[:, j])
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(f"MAE {m['mae']:.3g}, R² {m['r2']:.4f}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths.append(str(out / "parity.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    for j, name in enumerate(names):
+        ax = axes[0, j]
+        ax.axhline(0, color="k", lw=1)
+        ax.errorbar(y[:, j], pred[:, j] - y[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel("residual")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths.append(str(out / "residuals.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

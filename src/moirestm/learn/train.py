@@ -1,0 +1,402 @@
+"""Training loop, self-describing checkpoints and the :class:`Run` object.
+
+A run directory holds ``checkpoint.pt`` (best weights + everything needed to use them:
+model config, normalisation, split, training config, MC-dropout calibration, package
+version), ``last.pt`` (optimiser/scheduler state for ``resume``), ``run.json`` (a
+readable summary and the training history) and ``split.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..errors import MoireSTMError
+from .augment import Augmenter, get_preset
+from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, make_split, open_store,
+                   store_path, targets_of)
+from .models import DEFAULT_INPUT_SIZE, MODELS, build_model, count_parameters
+from .predict import MC_SAMPLES, calibrated_sigma, fit_calibration, mc_dropout
+
+CHECKPOINT_FORMAT = "moirestm-learn-run"
+CHECKPOINT_VERSION = 1
+CHECKPOINT = "checkpoint.pt"
+LAST = "last.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (all saved with the run)."""
+
+    model: str = "cnn"
+    split: str = "group"
+    targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 15
+    min_epochs: int = 20
+    seed: int = 0
+    augment: str = "clean"
+    augment_space: str = "ft"
+    input_size: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_minutes: float | None = None
+    mc_samples: int = MC_SAMPLES
+    model_options: dict = field(default_factory=dict)
+
+    #: fields that may differ when resuming
+    RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_inputs(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return x if torch.is_tensor(x) else torch.from_numpy(np.asarray(x, dtype=np.float32))
+
+
+class Run:
+    """A trained model with its normalisation, split, calibration and history.
+
+    Use :meth:`load` to open a run directory; :meth:`predict` for raw images.
+    """
+
+    def __init__(self, path: Path | None, model: torch.nn.Module, model_config: dict, normalizer: Normalizer,
+                 split: Split, config: dict, history: list[dict], calibration: dict | None, store: str | None,
+                 version: str, best: dict):
+        self.path = path
+        self.model = model.eval()
+        self.model_config = model_config
+        self.normalizer = normalizer
+        self.split = split
+        self.config = config
+        self.history = history
+        self.calibration = calibration
+        self.store = store
+        self.version = version
+        self.best = best
+
+    def __repr__(self) -> str:
+        return (f"Run(model={self.model_config['name']!r}, targets={self.normalizer.target_names}, "
+                f"split={self.split.kind!r}, best_epoch={self.best.get('epoch')}, path={str(self.path)!r})")
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.normalizer.target_names)
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                "moirestm_version": self.version, "model_config": self.model_config,
+                "state_dict": self.model.state_dict(), "normalizer": self.normalizer.state(),
+                "split": self.split.to_dict(), "config": self.config, "history": self.history,
+                "calibration": self.calibration, "store": self.store, "best": self.best}
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write ``checkpoint.pt`` (atomically) into the run directory."""
+        directory = Path(path or self.path)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.state(), directory / CHECKPOINT)
+        self.path = directory
+        return directory / CHECKPOINT
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Run":
+        """Open a run directory (or its ``checkpoint.pt``), strictly.
+
+        Raises
+        ------
+        MoireSTMError : missing file, not a moirestm checkpoint, unknown format version, or
+            weights that do not match the recorded model config (names or shapes).
+        """
+        path = Path(path)
+        file = path / CHECKPOINT if path.is_dir() else path
+        if not file.is_file():
+            raise MoireSTMError(f"no checkpoint at {file}")
+        state = _load_checkpoint(file)
+        return cls.from_state(state, file.parent)
+
+    @classmethod
+    def from_state(cls, state: dict, path: Path | None = None) -> "Run":
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise MoireSTMError(f"{path} does not hold a moirestm learning checkpoint")
+        if state.get("format_version") != CHECKPOINT_VERSION:
+            raise MoireSTMError(f"checkpoint format version {state.get('format_version')} is not supported "
+                                f"(this moirestm reads version {CHECKPOINT_VERSION})")
+        missing = [k for k in ("model_config", "state_dict", "normalizer", "split", "config") if k not in state]
+        if missing:
+            raise MoireSTMError(f"checkpoint {path} lacks {', '.join(missing)}")
+        model = build_model(state["model_config"])
+        load_strict(model, state["state_dict"], where=str(path))
+        return cls(path, model, state["model_config"], Normalizer.from_state(state["normalizer"]),
+                   Split.from_dict(state["split"]), state["config"], state.get("history", []),
+                   state.get("calibration"), state.get("store"), state.get("moirestm_version", "?"),
+                   state.get("best", {}))
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, images: Sequence[np.ndarray], mc_samples: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Means and calibrated 1-sigma ``(n, n_targets)`` in physical units for raw images."""
+        from .predict import predict_images
+
+        n = self.config.get("mc_samples", MC_SAMPLES) if mc_samples is None else mc_samples
+        return predict_images(self, images, n)
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict, where: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a message naming the mismatch."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:3]))
+        raise MoireSTMError(f"{where}: weights do not match the model config: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _load_checkpoint(file: Path) -> dict:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for foreign/corrupt files
+        raise MoireSTMError(f"{file} is not a readable moirestm checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _atomic_save(obj: Any, file: Path) -> None:
+    tmp = file.with_name(f".{file.name}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(file)
+
+
+# --------------------------------------------------------------------------- evaluation helper
+@torch.no_grad()
+def predict_standardised(model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 64
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic predictions and targets (standardised) over a dataset."""
+    model.eval()
+    xs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        xs.append(model(x).numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+# --------------------------------------------------------------------------- training
+def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str | Path = "runs/run", *,
+          resume: bool = False, overwrite: bool = False, progress: bool = True, **options) -> Run:
+    """Train a network to regress ``targets`` from FT-LDOS images.
+
+    Parameters
+    ----------
+    store : store path or open store.
+    model : ``"mlp"``, ``"cnn"`` (default) or ``"resnet18"``.
+    split : split kind (see :func:`moirestm.learn.data.make_split`) or a :class:`Split`.
+    out : run directory (created).
+    resume : continue from ``out/last.pt`` (same config; ``epochs``/``max_minutes`` may change).
+        Early stopping (``patience`` epochs without a better validation MAE) starts after
+        ``min_epochs`` (epochs before it do not count), so the noisy first epochs at high learning rate cannot end a run.
+    overwrite : allow replacing an existing run in ``out``.
+    progress : show a progress bar.
+    **options : :class:`TrainConfig` fields (``epochs``, ``seed``, ``augment``, ``max_minutes``,
+        ``targets``, ``input_size``, ``model_options``, ...).
+
+    Returns
+    -------
+    Run : the best checkpoint (lowest validation MAE), with MC-dropout calibration.
+    """
+    if model not in MODELS:
+        raise MoireSTMError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    unknown = set(options) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise MoireSTMError(f"unknown training options: {', '.join(sorted(unknown))}")
+    if "targets" in options:
+        options["targets"] = [options["targets"]] if isinstance(options["targets"], str) else list(options["targets"])
+    cfg = TrainConfig(model=model, split=split.kind if isinstance(split, Split) else split, **options)
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise MoireSTMError("epochs and batch_size must be positive")
+    get_preset(cfg.augment, cfg.augment_space)  # validate early
+    st = open_store(store)
+    out = Path(out)
+    if (out / CHECKPOINT).exists() and not (resume or overwrite):
+        raise MoireSTMError(f"{out} already holds a run; pass resume or overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+
+    resume_state = None
+    if resume and (out / LAST).exists():
+        resume_state = _load_checkpoint(out / LAST)
+        saved = dict(resume_state["config"])
+        now = cfg.to_dict()
+        diff = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k) != now[k]]
+        if diff:
+            raise MoireSTMError("cannot resume: config differs from the saved run in "
+                                + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff))
+        split_obj = Split.from_dict(resume_state["split"])
+        normalizer = Normalizer.from_state(resume_state["normalizer"])
+        model_config = resume_state["model_config"]
+    elif resume:
+        raise MoireSTMError(f"cannot resume: {out / LAST} not found")
+    else:
+        split_obj = split if isinstance(split, Split) else make_split(
+            st, cfg.split, seed=cfg.seed, target=cfg.targets[0], val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction)
+        if not split_obj.train or not split_obj.val:
+            raise MoireSTMError("the split has an empty training or validation part")
+        train_images = [st.image(k) for k in split_obj.train]
+        first = np.asarray(train_images[0])
+        size = cfg.input_size or min(DEFAULT_INPUT_SIZE[model], *first.shape[-2:])
+        normalizer = Normalizer.fit([_checked(im, first.shape) for im in train_images],
+                                    targets_of(st, split_obj.train, cfg.targets), cfg.targets,
+                                    None if size == first.shape[-1] == first.shape[-2] else size)
+        model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
+                        **cfg.model_options}
+    (out / "split.json").write_text(json.dumps(split_obj.to_dict(), indent=1))
+
+    augment = Augmenter(cfg.augment, cfg.augment_space)
+    train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
+    val_ds = ImageDataset(st, split_obj.val, normalizer)
+    net = build_model(model_config)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
+    start_epoch, history, best = 0, [], {"score": float("inf"), "epoch": -1}
+    best_state = copy.deepcopy(net.state_dict())
+    bad_epochs, elapsed_before = 0, 0.0
+    if resume_state is not None:
+        load_strict(net, resume_state["state_dict"], where=str(out / LAST))
+        opt.load_state_dict(resume_state["optimizer"])
+        if resume_state["config"]["epochs"] == cfg.epochs:
+            sched.load_state_dict(resume_state["scheduler"])
+        else:  # a longer (or shorter) run: continue on the cosine of the new length
+            sched.last_epoch = resume_state["epoch"] + 1
+        start_epoch = resume_state["epoch"] + 1
+        history, best, bad_epochs = resume_state["history"], resume_state["best"], resume_state["bad_epochs"]
+        best_state = resume_state["best_state"]
+        elapsed_before = resume_state.get("elapsed_s", 0.0)
+
+    t0 = time.perf_counter()
+    budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0 - elapsed_before
+    stopped = "epochs"
+    bar = _progress(progress)
+    with bar:
+        task = bar.add_task("training", total=cfg.epochs, completed=start_epoch, info="")
+        for epoch in range(start_epoch, cfg.epochs):
+            if bad_epochs >= cfg.patience:
+                stopped = "early stopping"
+                break
+            train_ds.set_epoch(epoch)
+            torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout masks: a function of (seed, epoch)
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds)).tolist()
+            net.train()
+            losses, timed_out = [], False
+            for x, y in DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, drop_last=False):
+                if len(x) < 2 and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()):
+                    continue  # batch norm needs >1 sample
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.mse_loss(net(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if budget is not None and time.perf_counter() - t0 > budget:
+                    timed_out = True
+                    break
+            sched.step()
+            pred, true = predict_standardised(net, val_ds)
+            mae = np.mean(np.abs(pred - true), axis=0)  # per target, in units of the target std
+            score = float(np.mean(mae))
+            mae_phys = (mae * normalizer.target_std).tolist()
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                            "val_mae": mae_phys, "lr": float(opt.param_groups[0]["lr"]),
+                            "time_s": elapsed_before + time.perf_counter() - t0})
+            if score < best["score"]:
+                best = {"score": score, "epoch": epoch, "val_mae": mae_phys,
+                        "time_s": elapsed_before + time.perf_counter() - t0}
+                best_state = copy.deepcopy(net.state_dict())
+                bad_epochs = 0
+            elif epoch >= cfg.min_epochs:
+                bad_epochs += 1
+            _atomic_save({"config": cfg.to_dict(), "split": split_obj.to_dict(), "normalizer": normalizer.state(),
+                          "model_config": model_config, "state_dict": net.state_dict(),
+                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "best": best,
+                          "bad_epochs": bad_epochs, "best_state": best_state,
+                          "elapsed_s": elapsed_before + time.perf_counter() - t0}, out / LAST)
+            bar.update(task, advance=1, info=f"val MAE {mae_phys[0]:.4g} (best {best['val_mae'][0]:.4g} "
+                                             f"@ {best['epoch']})")
+            if timed_out:
+                stopped = "time budget"
+                break
+        else:
+            if bad_epochs >= cfg.patience:
+                stopped = "early stopping"
+
+    if best["epoch"] < 0:
+        raise MoireSTMError("training stopped before the first epoch finished (time budget too small?)")
+    load_strict(net, best_state, where="best state")
+    best = {**best, "stopped": stopped, "n_parameters": count_parameters(net)}
+    run = Run(out, net, model_config, normalizer, split_obj, cfg.to_dict(), history, None,
+              str(Path(store_path(st)).resolve()) if store_path(st) else None,
+              __version__, best)
+    run.calibration = calibrate(run, val_ds)
+    run.save(out)
+    _write_summary(run, out)
+    return run
+
+
+def calibrate(run: Run, val_ds: ImageDataset) -> dict:
+    """Fit the MC-dropout variance calibration on the validation set."""
+    x = torch.stack([val_ds[i][0] for i in range(len(val_ds))])
+    y = run.normalizer.decode_targets(np.stack([val_ds[i][1].numpy() for i in range(len(val_ds))]))
+    point, sd = mc_dropout(run.model, x, n_samples=run.config.get("mc_samples", MC_SAMPLES))
+    mean = run.normalizer.decode_targets(point)
+    cal = fit_calibration(mean - y, sd * run.normalizer.target_std)
+    sig = calibrated_sigma(sd * run.normalizer.target_std, cal)
+    cal["val_coverage_1sigma"] = float(np.mean(np.abs(mean - y) <= sig))
+    return cal
+
+
+def _checked(image: np.ndarray, shape) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.shape != tuple(shape):
+        raise MoireSTMError(f"store images have differing shapes ({arr.shape} vs {tuple(shape)})")
+    return arr
+
+
+def _write_summary(run: Run, out: Path) -> None:
+    summary = {"moirestm_version": run.version, "model": run.model_config, "config": run.config,
+               "store": run.store, "split": {"kind": run.split.kind, "seed": run.split.seed,
+                                              "n_train": len(run.split.train), "n_val": len(run.split.val),
+                                              "n_test": len(run.split.test), "held_out": run.split.held_out},
+               "best": run.best, "calibration": run.calibration, "history": run.history}
+    (out / "run.json").write_text(json.dumps(summary, indent=1))
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=Console(stderr=True),
+                    disable=not enabled, transient=False)
+
+
+__all__ = ["Run", "TrainConfig", "train", "load_strict", "calibrate", "batch_inputs"]
