@@ -82,13 +82,28 @@ def evaluate_cmd(
 @friendly
 def predict_cmd(
     run: Path = typer.Argument(..., help="run directory"),
-    input: Path = typer.Argument(..., help=".npy array, PNG image, or a store (.h5)"),
+    input: Path = typer.Argument(..., help="FT image (.npy, PNG), a store (.h5), or a measured STM file "
+                                           "(.sxm, .3ds, .gwy; .npy/.txt real-space map with --pixel-nm)"),
     key: Optional[str] = typer.Option(None, help="sample key when INPUT is a store (default: all samples)"),
+    channel: Optional[str] = typer.Option(None, help="channel of a measured STM file (e.g. 'Z', 'LI Demod 1 X')"),
+    pixel_nm: Optional[float] = typer.Option(None, help="pixel size in nm of a real-space .npy/.txt map"),
+    no_drift: bool = typer.Option(False, "--no-drift", help="skip Lawler-Fujita drift correction"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Predict U ± 1σ (MC dropout, recalibrated on validation data) for an image or store samples."""
+    """Predict U ± 1σ (MC dropout, recalibrated on validation data) for an image, store samples,
+    or a measured STM map (calibrated to the simulation frame, with out-of-distribution warnings)."""
     from ..learn import predict
 
+    measured = input.suffix.lower() in (".sxm", ".3ds", ".gwy", ".txt") or pixel_nm is not None or channel
+    if measured:
+        from ..learn.measured import predict_measured
+
+        result = predict_measured(run, input, channel, pixel_nm=pixel_nm, drift_correction=not no_drift)
+        if json_out:
+            emit_json(result.to_dict())
+        else:
+            typer.echo(str(result))
+        return
     result = predict(run, input, key=key)
     preds = result if isinstance(result, list) else [result]
     if json_out:
