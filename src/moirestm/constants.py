@@ -64,3 +64,39 @@ REFERENCE_INDEX = 9
 FT_IMAGE_SIZE = 256
 #: FT window half-width in units of 2 pi / a (x) and 4 pi / (sqrt(3) a) (y) (Tanksale & Stauber).
 FT_WINDOW_FRACTION = 1.1
+
+# --- mean field (issue 6) --------------------------------------------------
+#: Distance from the bilayer to each of the two metallic gates for the double-gate screened
+#: kernel, in nm. Model default (no single literature value): representative of dual-gated,
+#: hBN-encapsulated devices whose hBN spacers are a few tens of nm thick.
+GATE_DISTANCE_NM = 20.0
+#: Cutoff radius of the optional Fock (exchange) term of the long-range kernel, in nm (model default:
+#: covers the first eight intralayer shells and the nearest interlayer pairs).
+FOCK_CUTOFF_NM = 0.5
+#: Mean-field (Hartree-Fock) critical U/t of the half-filled honeycomb Hubbard model for the
+#: antiferromagnetic (Neel) instability, U_c/t = 2.23 (Sorella & Tosatti, Europhys. Lett. 19, 699 (1992);
+#: Peres, Araujo & Bozi, PRB 70, 195122 (2004)). Equals 2 / <1/|f_k|>_BZ for nearest-neighbour hopping.
+HONEYCOMB_MEANFIELD_UC_OVER_T = 2.23
+#: Default maximum number of self-consistency iterations.
+SCF_MAX_ITERATIONS = 300
+#: Number of previous iterates kept by Pulay (DIIS) mixing (Pulay, Chem. Phys. Lett. 73, 393 (1980)).
+SCF_DIIS_HISTORY = 8
+#: Linear-mixing fraction of the output density in the first steps / Pulay update.
+SCF_MIXING = 0.5
+#: Initial local moment |n_up - n_down| per site of the symmetry-broken starting states.
+SCF_START_MOMENT = 0.5
+
+# --- STM / LDOS (issue 6) --------------------------------------------------
+#: Work function of graphene in eV (Yu et al., Nano Lett. 9, 3430 (2009): 4.57 eV).
+GRAPHENE_WORK_FUNCTION_EV = 4.57
+#: Tunnelling decay constant kappa = sqrt(2 m_e Phi) / hbar in nm^-1 (Tersoff & Hamann, PRB 31, 805 (1985));
+#: the tunnelling current from a site a height dz further from the tip is reduced by exp(-2 kappa dz).
+#: sqrt(2 m_e Phi)/hbar with m_e c^2 = 510998.95 eV and hbar c = 197.3269804 eV nm (CODATA 2018).
+STM_DECAY_PER_NM = math.sqrt(2.0 * 510998.95 * GRAPHENE_WORK_FUNCTION_EV) / 197.3269804
+#: Lateral width (standard deviation) in nm of the p_z-like Gaussian each site contributes to the STM
+#: map. Model choice (no literature value): half the bond length, so that atoms are resolved.
+STM_ORBITAL_WIDTH_NM = 0.5 * CARBON_BOND_NM
+#: Default STM map resolution in pixels per nm (pixel 0.05 nm resolves the atomic lattice).
+STM_PIXELS_PER_NM = 20.0
+#: Default LDOS broadening eta in eV.
+LDOS_BROADENING_EV = 0.01
