@@ -71,10 +71,11 @@ STM_DEFAULTS = {"enabled": True}
 BUILTIN = {
     "demo": {
         "name": "demo",
-        "description": "i = 5 (364 atoms, 6.01 deg), U = 0..6 eV in 0.1 eV steps at four fillings; "
-                       "laptop-sized smoke test of the whole pipeline (make demo).",
+        "description": "i = 5 (364 atoms, 6.01 deg) at its magic interlayer distance (flat central bands, "
+                       "so U matters from ~2 eV), U = 0..6 eV in 0.1 eV steps at four fillings; "
+                       "laptop-sized run of the whole pipeline (make demo).",
         "continuation": "descending",
-        "fixed": {"index": 5, "distance_nm": INTERLAYER_DISTANCE_NM, "kgrid": 1, "bias_ev": 0.0,
+        "fixed": {"index": 5, "distance_nm": "magic", "kgrid": 1, "bias_ev": 0.0,
                   "broadening_ev": 0.02, "temperature_k": TEMPERATURE_K,
                   "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.1},
