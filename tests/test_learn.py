@@ -323,3 +323,14 @@ def test_cli_round_trip(store_path, trained, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "r"), str(store_path), "--json"])
     assert res.exit_code == 0 and "hubbard_u_ev_sigma" in res.output
+
+
+def test_unknown_training_device_is_refused(tmp_path):
+    from moirestm.learn.train import training_device
+
+    with pytest.raises(MoireSTMError, match="device"):
+        training_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MoireSTMError, match="no CUDA"):
+            training_device("cuda")
+    assert training_device("auto").type in ("cpu", "cuda")

@@ -55,9 +55,10 @@ class TrainConfig:
     max_minutes: float | None = None
     mc_samples: int = MC_SAMPLES
     model_options: dict = field(default_factory=dict)
+    device: str = "cpu"
 
     #: fields that may differ when resuming
-    RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs")
+    RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs", "device")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,15 +191,26 @@ def _atomic_save(obj: Any, file: Path) -> None:
 
 # --------------------------------------------------------------------------- evaluation helper
 @torch.no_grad()
-def predict_standardised(model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 64
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def predict_standardised(model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 64,
+                         device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Deterministic predictions and targets (standardised) over a dataset."""
     model.eval()
     xs, ys = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        xs.append(model(x).numpy())
+        xs.append(model(x.to(device)).cpu().numpy())
         ys.append(y.numpy())
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def training_device(name: str) -> torch.device:
+    """``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available) as a torch device."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise MoireSTMError(f"device must be 'cpu', 'cuda' or 'auto', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MoireSTMError("device 'cuda' requested but no CUDA GPU is available")
+    return torch.device(name)
 
 
 # --------------------------------------------------------------------------- training
@@ -235,6 +247,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise MoireSTMError("epochs and batch_size must be positive")
     get_preset(cfg.augment, cfg.augment_space)  # validate early
+    device = training_device(cfg.device)
     st = open_store(store)
     out = Path(out)
     if (out / CHECKPOINT).exists() and not (resume or overwrite):
@@ -276,7 +289,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     augment = Augmenter(cfg.augment, cfg.augment_space)
     train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
     val_ds = ImageDataset(st, split_obj.val, normalizer)
-    net = build_model(model_config)
+    net = build_model(model_config).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     start_epoch, history, best = 0, [], {"score": float("inf"), "epoch": -1}
@@ -313,7 +326,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                 if len(x) < 2 and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()):
                     continue  # batch norm needs >1 sample
                 opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.mse_loss(net(x), y)
+                loss = torch.nn.functional.mse_loss(net(x.to(device)), y.to(device))
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
@@ -321,7 +334,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                     timed_out = True
                     break
             sched.step()
-            pred, true = predict_standardised(net, val_ds)
+            pred, true = predict_standardised(net, val_ds, device=device)
             mae = np.mean(np.abs(pred - true), axis=0)  # per target, in units of the target std
             score = float(np.mean(mae))
             mae_phys = (mae * normalizer.target_std).tolist()
@@ -351,6 +364,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
 
     if best["epoch"] < 0:
         raise MoireSTMError("training stopped before the first epoch finished (time budget too small?)")
+    net.cpu()
     load_strict(net, best_state, where="best state")
     best = {**best, "stopped": stopped, "n_parameters": count_parameters(net)}
     run = Run(out, net, model_config, normalizer, split_obj, cfg.to_dict(), history, None,

@@ -1,0 +1,113 @@
+"""The `standard` study end to end: i = 9 flat-band dataset, training targets of issue 4, analysis.
+
+Meant for a many-core machine (`--workers 16`); every stage checks a wall-clock deadline and results are
+written incrementally to OUT/study.json, so a run cut short still reports what finished.
+
+    python benchmarks/standard_dataset_study.py --out OUT --workers 16 --deadline-min 9 --device auto
+
+`--quick` runs a tiny i = 5 version of the same script (a smoke test that takes ~2 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--deadline-min", type=float, default=60.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--train-minutes", type=float, default=2.0, help="budget of each training run")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    t_start = time.perf_counter()
+    deadline = t_start + args.deadline_min * 60.0
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "stages": {}}
+
+    def save():
+        results["elapsed_s"] = time.perf_counter() - t_start
+        (args.out / "study.json").write_text(json.dumps(results, indent=1, default=str))
+
+    def left_min():
+        return (deadline - time.perf_counter()) / 60.0
+
+    import torch
+
+    from moirestm import __version__
+    from moirestm.dataset import Sweep, run_sweep
+    from moirestm.dataset.sweep import BUILTIN
+
+    results["moirestm_version"] = __version__
+    results["torch"] = {"version": torch.__version__, "cuda": torch.cuda.is_available(),
+                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    spec = json.loads(json.dumps(BUILTIN["standard"]))
+    # independent samples parallelise over all workers; continuation chains would only use 7 (one per filling)
+    spec["continuation"] = "none"
+    if args.quick:
+        spec["fixed"].update(index=5)
+        spec["axes"] = {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.5}, "filling": [0.0, 1.0],
+                        "bias_ev": [0.0]}
+        spec["ft"] = {"size": 64}
+    spec["name"] = spec["name"] + ("-quick" if args.quick else "-flat")
+    sweep = Sweep.from_dict(spec)
+    store = args.out / "standard.h5"
+    t = time.perf_counter()
+    summary = run_sweep(sweep, store, workers=args.workers, progress=False)
+    results["stages"]["dataset"] = {**summary.as_dict(), "errors": summary.errors[:5],
+                                    "wall_s": time.perf_counter() - t, "sweep": sweep.summary()}
+    save()
+
+    from moirestm.learn import evaluate, run_baselines, train
+
+    plan = [("cnn-group", dict(model="cnn", split="group")),
+            ("cnn-random", dict(model="cnn", split="random")),
+            ("cnn-interpolate", dict(model="cnn", split="interpolate")),
+            ("cnn-group-noisy", dict(model="cnn", split="group", augment="noisy")),
+            ("resnet18-group", dict(model="resnet18", split="group"))]
+    for name, kw in plan:
+        budget = min(args.train_minutes, left_min() - 0.6)
+        if budget < 0.4:
+            results["stages"][name] = "skipped: deadline"
+            continue
+        t = time.perf_counter()
+        run = train(store, out=args.out / name, overwrite=True, progress=False, seed=0, device=args.device,
+                    max_minutes=budget, epochs=4 if args.quick else 80, **kw)
+        metrics = evaluate(run, plots=True)
+        u = metrics["targets"]["hubbard_u_ev"]
+        results["stages"][name] = {"mae_ev": u["mae"], "rmse_ev": u["rmse"], "r2": u["r2"], "n_test": u["n"],
+                                   "coverage": u["coverage"], "best": run.best, "wall_s": time.perf_counter() - t,
+                                   "budget_min": budget}
+        save()
+    if left_min() > 0.5:
+        from moirestm.learn import Run
+
+        base = run_baselines(store, split=Run.load(args.out / "cnn-group").split)
+        results["stages"]["baselines-group"] = {k: v["hubbard_u_ev"] for k, v in base["results"].items()}
+        save()
+    if left_min() > 0.4:
+        from moirestm.explain import analyze
+
+        analysis = analyze(store, args.out / "analysis", max_samples=400)
+        results["stages"]["analysis"] = {"u_c_ev": analysis.u_c, "u_c_parameter": analysis.u_c_parameter,
+                                         "u_c_method": analysis.u_c_method,
+                                         "similarity": analysis.similarity_stats}
+        save()
+    if left_min() > 0.4:
+        from moirestm.explain import build_report
+
+        build_report(args.out / "cnn-group", store, args.out / "report.html", max_samples=12, n_steps=16,
+                     title="moirestm standard study (i = 9 at its magic distance)")
+        results["stages"]["report"] = str(args.out / "report.html")
+    save()
+
+
+if __name__ == "__main__":
+    main()
