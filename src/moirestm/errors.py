@@ -3,3 +3,16 @@
 
 class MoireSTMError(ValueError):
     """A user-facing error whose message names the problem."""
+
+
+def finite_number(name: str, value) -> float:
+    """``value`` as a float, or a MoireSTMError naming ``name`` if it is not a finite number."""
+    import math
+
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise MoireSTMError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(value):
+        raise MoireSTMError(f"{name} must be finite, got {value}")
+    return value

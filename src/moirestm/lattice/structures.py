@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import GRAPHENE_LATTICE_NM, INTERLAYER_DISTANCE_NM
+from .cell import HexagonalCell
 from .tbg import check_distance
 
 
 @dataclass(frozen=True)
-class PeriodicStructure:
+class PeriodicStructure(HexagonalCell):
     """A 2D-periodic set of p_z sites.
 
     Attributes
@@ -33,14 +34,6 @@ class PeriodicStructure:
     def n_atoms(self) -> int:
         return len(self.positions_nm)
 
-    @property
-    def reciprocal_nm(self) -> np.ndarray:
-        return 2.0 * np.pi * np.linalg.inv(self.superlattice_nm).T
-
-    def high_symmetry_points(self) -> dict[str, np.ndarray]:
-        """Gamma, K and M points in nm^-1 (lattice vectors at 60°)."""
-        g1, g2 = self.reciprocal_nm
-        return {"G": np.zeros(2), "K": (2.0 * g1 + g2) / 3.0, "M": g1 / 2.0}
 
 
 def _graphene_vectors(a: float) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..constants import GRAPHENE_LATTICE_NM, INTERLAYER_DISTANCE_NM
 from ..errors import MoireSTMError
+from .cell import HexagonalCell
 
 #: Largest index accepted (i = 200 already holds ~480 000 atoms).
 MAX_INDEX = 200
@@ -97,7 +98,7 @@ def _layer_sites(supercell_int: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class TBGLattice:
+class TBGLattice(HexagonalCell):
     """Commensurate twisted bilayer graphene supercell.
 
     Parameters
@@ -181,20 +182,6 @@ class TBGLattice:
         """Moiré period |L1| = a sqrt(3i^2 + 3i + 1) in nm."""
         return float(np.linalg.norm(self.superlattice_nm[0]))
 
-    @property
-    def cell_area_nm2(self) -> float:
-        """Area of the moiré cell in nm^2."""
-        return float(abs(np.linalg.det(self.superlattice_nm)))
-
-    @property
-    def reciprocal_nm(self) -> np.ndarray:
-        """(2, 2) rows are the moiré reciprocal vectors G1, G2 in nm^-1 (G_i . L_j = 2 pi delta_ij)."""
-        return 2.0 * np.pi * np.linalg.inv(self.superlattice_nm).T
-
-    def high_symmetry_points(self) -> dict[str, np.ndarray]:
-        """Gamma, K and M points of the moiré Brillouin zone in nm^-1."""
-        g1, g2 = self.reciprocal_nm
-        return {"G": np.zeros(2), "K": (2.0 * g1 + g2) / 3.0, "M": g1 / 2.0}
 
     def summary(self) -> dict:
         """Plain-data description (angle, atom count, period, vectors)."""

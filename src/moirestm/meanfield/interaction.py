@@ -41,7 +41,7 @@ from ..constants import (
     FOCK_CUTOFF_NM,
     GATE_DISTANCE_NM,
 )
-from ..errors import MoireSTMError
+from ..errors import MoireSTMError, finite_number
 
 #: Relative precision target of the Ewald sum (terms below exp(-EWALD_X^2) are dropped).
 EWALD_X = 6.2
@@ -74,19 +74,19 @@ class Interaction:
     ewald_alpha_per_nm: float | None = None
 
     def __post_init__(self):
-        u = _number("hubbard_u_ev", self.hubbard_u_ev)
+        u = finite_number("hubbard_u_ev", self.hubbard_u_ev)
         if u < 0:
             raise MoireSTMError(f"Hubbard U must be non-negative, got {u} eV")
-        eps = _number("dielectric", self.dielectric)
+        eps = finite_number("dielectric", self.dielectric)
         if eps <= 0:
             raise MoireSTMError(f"dielectric constant must be positive, got {eps}")
         if self.coulomb not in _COULOMB_KINDS:
             raise MoireSTMError(f"coulomb must be one of {_COULOMB_KINDS}, got {self.coulomb!r}")
         for name in ("gate_distance_nm", "short_distance_nm", "fock_cutoff_nm"):
-            value = _number(name, getattr(self, name))
+            value = finite_number(name, getattr(self, name))
             if value <= 0:
                 raise MoireSTMError(f"{name} must be positive, got {value}")
-        if self.ewald_alpha_per_nm is not None and _number("ewald_alpha_per_nm", self.ewald_alpha_per_nm) <= 0:
+        if self.ewald_alpha_per_nm is not None and finite_number("ewald_alpha_per_nm", self.ewald_alpha_per_nm) <= 0:
             raise MoireSTMError(f"ewald_alpha_per_nm must be positive, got {self.ewald_alpha_per_nm}")
         object.__setattr__(self, "fock", bool(self.fock))
 
@@ -107,16 +107,6 @@ class Interaction:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _number(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MoireSTMError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value):
-        raise MoireSTMError(f"{name} must be finite, got {value}")
-    return value
 
 
 def default_alpha_per_nm(superlattice_nm: np.ndarray) -> float:

@@ -37,7 +37,7 @@ from ..constants import (
     SCF_START_MOMENT,
     TEMPERATURE_K,
 )
-from ..errors import MoireSTMError
+from ..errors import MoireSTMError, finite_number
 from ..hamiltonian.kgrid import monkhorst_pack
 from .interaction import Interaction, coulomb_matrix, fock_pairs
 from .solution import MeanFieldSolution, fock_matrix
@@ -364,13 +364,13 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
         raise MoireSTMError("give exactly one of filling (electrons per cell relative to neutrality) or mu_ev")
     electrons = None
     if filling is not None:
-        filling = _finite("filling", filling)
+        filling = finite_number("filling", filling)
         if not -n < filling < n:
             raise MoireSTMError(f"filling {filling} is impossible: it must lie strictly between {-n} and {n} "
                                 f"electrons per cell for this {n}-site cell")
         electrons = n + filling
     else:
-        mu_ev = _finite("mu_ev", mu_ev)
+        mu_ev = finite_number("mu_ev", mu_ev)
     for name, value in (("density_tol", density_tol), ("energy_tol_ev", energy_tol_ev), ("mixing", mixing)):
         _positive(name, value)
     if not 0 < mixing <= 1:
@@ -441,18 +441,8 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
     )
 
 
-def _finite(name, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MoireSTMError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value):
-        raise MoireSTMError(f"{name} must be finite, got {value}")
-    return value
-
-
 def _positive(name, value) -> float:
-    value = _finite(name, value)
+    value = finite_number(name, value)
     if value <= 0:
         raise MoireSTMError(f"{name} must be positive, got {value}")
     return value
