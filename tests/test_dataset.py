@@ -416,3 +416,27 @@ def test_sigkill_stress_many_random_kills(tmp_path, engine_dir):
     store = Store.open(out)
     assert set(store.keys(None)) == expected and store.check() == [] and store.pending == []
     assert any(p for _, p in seen), f"no kill left pending journal entries: {seen}"
+
+
+def test_magic_distance_is_cached_on_disk(tmp_path, monkeypatch):
+    from moirestm.dataset import sweep as sweep_module
+
+    cache = tmp_path / "magic.json"
+    monkeypatch.setenv("MOIRESTM_CACHE", str(cache))
+    sweep_module.resolve_magic_distance.cache_clear()
+    calls = []
+
+    def fake_search(index):  # stands in for the minute-long band-width minimisation
+        calls.append(index)
+        return type("Result", (), {"distance_nm": 0.2944123456})()
+
+    monkeypatch.setattr("moirestm.hamiltonian.magic.magic_distance", fake_search)
+    assert sweep_module.resolve_magic_distance(9) == (0.294412, "magic_distance")
+    sweep_module.resolve_magic_distance.cache_clear()
+    assert sweep_module.resolve_magic_distance(9) == (0.294412, "magic_distance")
+    assert calls == [9]  # second call read the file
+    cache.write_text("{not json")
+    sweep_module.resolve_magic_distance.cache_clear()
+    assert sweep_module.resolve_magic_distance(9)[0] == 0.294412
+    assert calls == [9, 9]
+    sweep_module.resolve_magic_distance.cache_clear()

@@ -26,7 +26,9 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -304,9 +306,40 @@ class Sweep:
                 "continuation": self.continuation, "engine": self.engine}
 
 
+def magic_cache_path() -> Path:
+    """JSON cache of magic distances: ``$MOIRESTM_CACHE`` or ``$XDG_CACHE_HOME/moirestm/magic_distance.json``."""
+    if os.environ.get("MOIRESTM_CACHE"):
+        return Path(os.environ["MOIRESTM_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "moirestm" / "magic_distance.json"
+
+
 @functools.lru_cache(maxsize=None)
 def resolve_magic_distance(index: int) -> tuple[float, str]:
-    """Magic interlayer distance of ``index`` (nm, rounded to 1e-6 so sample keys are stable) and its source."""
+    """Magic interlayer distance of ``index`` (nm, rounded to 1e-6 so sample keys are stable) and its source.
+
+    The search (about a minute for i = 9) is cached on disk per index and package version, so resumed
+    and repeated sweeps do not redo it; a damaged cache is ignored and rewritten.
+    """
+    from .. import __version__
     from ..hamiltonian.magic import magic_distance
 
-    return round(float(magic_distance(index).distance_nm), 6), "magic_distance"
+    cache_file = magic_cache_path()
+    key = f"{__version__}:{int(index)}"
+    try:
+        cache = json.loads(cache_file.read_text())
+        return float(cache[key]), "magic_distance"
+    except (OSError, ValueError, KeyError, TypeError):
+        cache = {}
+    if not isinstance(cache, dict):
+        cache = {}
+    distance = round(float(magic_distance(index).distance_nm), 6)
+    cache[key] = distance
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # an unwritable cache only costs the search next time
+    return distance, "magic_distance"
