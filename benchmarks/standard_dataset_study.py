@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--train-minutes", type=float, default=2.0, help="budget of each training run")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--store", type=Path, default=None,
+                        help="use this finished store (e.g. from `moirestm sweep run standard`) instead of computing one")
+    parser.add_argument("--only", nargs="*", default=None, help="training runs to do (default: all)")
     args = parser.parse_args()
     t_start = time.perf_counter()
     deadline = t_start + args.deadline_min * 60.0
@@ -42,12 +45,24 @@ def main() -> None:
     import torch
 
     from moirestm import __version__
-    from moirestm.dataset import Sweep, run_sweep
-    from moirestm.dataset.sweep import BUILTIN
 
     results["moirestm_version"] = __version__
     results["torch"] = {"version": torch.__version__, "cuda": torch.cuda.is_available(),
                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    if args.store is not None:
+        store = args.store
+        results["stages"]["dataset"] = {"store": str(store), "computed": False}
+    else:
+        store = build_store(args, results)
+    save()
+    train_and_analyse(args, store, results, save, left_min)
+
+
+def build_store(args, results) -> Path:
+    """Compute the standard sweep (or its --quick miniature) into OUT/standard.h5."""
+    from moirestm.dataset import Sweep, run_sweep
+    from moirestm.dataset.sweep import BUILTIN
+
     spec = json.loads(json.dumps(BUILTIN["standard"]))
     # independent samples parallelise over all workers; continuation chains would only use 7 (one per filling)
     spec["continuation"] = "none"
@@ -63,8 +78,11 @@ def main() -> None:
     summary = run_sweep(sweep, store, workers=args.workers, progress=False)
     results["stages"]["dataset"] = {**summary.as_dict(), "errors": summary.errors[:5],
                                     "wall_s": time.perf_counter() - t, "sweep": sweep.summary()}
-    save()
+    return store
 
+
+def train_and_analyse(args, store, results, save, left_min) -> None:
+    """Training runs of the issue-4 targets, baselines, analysis (U_c) and the report."""
     from moirestm.learn import evaluate, run_baselines, train
 
     plan = [("cnn-group", dict(model="cnn", split="group")),
@@ -73,6 +91,8 @@ def main() -> None:
             ("cnn-group-noisy", dict(model="cnn", split="group", augment="noisy")),
             ("resnet18-group", dict(model="resnet18", split="group"))]
     for name, kw in plan:
+        if args.only is not None and name not in args.only:
+            continue
         budget = min(args.train_minutes, left_min() - 0.6)
         if budget < 0.4:
             results["stages"][name] = "skipped: deadline"
@@ -86,7 +106,7 @@ def main() -> None:
                                    "coverage": u["coverage"], "best": run.best, "wall_s": time.perf_counter() - t,
                                    "budget_min": budget}
         save()
-    if left_min() > 0.5:
+    if left_min() > 0.5 and (args.out / "cnn-group" / "checkpoint.pt").exists():
         from moirestm.learn import Run
 
         base = run_baselines(store, split=Run.load(args.out / "cnn-group").split)
@@ -100,7 +120,7 @@ def main() -> None:
                                          "u_c_method": analysis.u_c_method,
                                          "similarity": analysis.similarity_stats}
         save()
-    if left_min() > 0.4:
+    if left_min() > 0.4 and (args.out / "cnn-group" / "checkpoint.pt").exists():
         from moirestm.explain import build_report
 
         build_report(args.out / "cnn-group", store, args.out / "report.html", max_samples=12, n_steps=16,
