@@ -110,7 +110,8 @@ def _dataset_section(st, analysis) -> str:
     except (KeyError, MoireSTMError):
         pass
     try:
-        rows.append(("sweep", st.sweep_params.get("name", "")))
+        sweep = st.sweep_params
+        rows.append(("sweep", sweep.get("name") or sweep.get("summary", {}).get("name", "")))
     except (AttributeError, KeyError, ValueError):
         pass
     return "<h2>Dataset</h2>" + _table(["", ""], rows)
