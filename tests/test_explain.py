@@ -145,6 +145,12 @@ def test_crossover_mean_field_onset_and_flat_curve():
     u = np.arange(0, 6.01, 0.1)
     onset = estimate_crossover(u, 0.4 * np.sqrt(np.clip(u - 2.0, 0, None)))
     assert 1.9 < onset.u_c < 2.4
+    # an order parameter that appears at 2 eV and keeps steepening past the sampled range:
+    # the steepest slope sits at the edge, the onset estimator still finds the appearance
+    x = np.clip(u - 2.0, 0, None)
+    late = estimate_crossover(u, 0.1 * np.sqrt(x) + 0.02 * x**2, method="onset")
+    assert late.at_edge and late.u_c_derivative > 5.5
+    assert 1.9 < late.u_c < 2.6
     flat = estimate_crossover(u, np.full_like(u, 0.1))
     assert math.isnan(flat.u_c) and "no crossover" in flat.note
     with pytest.raises(MoireSTMError):

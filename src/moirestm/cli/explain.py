@@ -56,7 +56,7 @@ def explain_cmd(
 def analyze_cmd(
     data: Path = typer.Argument(..., help="dataset store (.h5)"),
     out: Optional[Path] = typer.Option(None, help="output directory (default DATA stem + '-analysis')"),
-    method: str = typer.Option("derivative", help="headline U_c: derivative (max dm/dU) | tanh (fit)"),
+    method: str = typer.Option("derivative", help="headline U_c: derivative (max dm/dU) | tanh (fit) | onset (10 % of the change)"),
     order_parameter: str = typer.Option("mean_abs_moment", help="order parameter of the headline U_c"),
     max_samples: int = typer.Option(600, help="samples in the similarity matrix and PCA"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),

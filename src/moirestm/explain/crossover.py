@@ -11,6 +11,11 @@ Two estimators, both reported:
 ``tanh``
     least-squares fit of m(U) = a + b tanh((U - U_c) / w) (scipy ``curve_fit``, started from
     the derivative estimate); gives U_c ± σ and the crossover width w.
+``onset``
+    the smallest U at which the smoothed curve has moved by ``ONSET_FRACTION`` (10 %) of its total
+    change from its value at the lowest U, linearly interpolated: where an order parameter
+    develops, even when it keeps steepening beyond the sampled range (then ``derivative`` sits
+    at the edge).
 
 A curve whose total change is below ``min_change`` (absolute) has no crossover: U_c is NaN.
 """
@@ -24,7 +29,9 @@ import numpy as np
 
 from ..errors import MoireSTMError
 
-METHODS = ("derivative", "tanh")
+METHODS = ("derivative", "tanh", "onset")
+#: Fraction of the total change that marks the onset.
+ONSET_FRACTION = 0.1
 
 
 @dataclass
@@ -34,8 +41,8 @@ class Crossover:
     Attributes
     ----------
     u_c : the estimate of ``method`` (NaN if none).
-    method : ``"derivative"`` or ``"tanh"``.
-    u_c_derivative, u_c_tanh : both estimates; ``u_c_tanh_sigma`` its 1σ fit error; ``width``
+    method : ``"derivative"``, ``"tanh"`` or ``"onset"``.
+    u_c_derivative, u_c_tanh, u_c_onset : the three estimates; ``u_c_tanh_sigma`` its 1σ fit error; ``width``
         the tanh width w.
     bandwidth : smoothing bandwidth of the derivative method.
     at_edge : the maximum slope lies at the first or last sampled U (U_c may lie outside).
@@ -46,6 +53,7 @@ class Crossover:
     method: str
     u_c_derivative: float = float("nan")
     u_c_tanh: float = float("nan")
+    u_c_onset: float = float("nan")
     u_c_tanh_sigma: float = float("nan")
     width: float = float("nan")
     bandwidth: float = float("nan")
@@ -134,6 +142,22 @@ def crossover_tanh(u, m, u_c0: float | None = None) -> tuple[float, float, float
                                                         "u_c": float(popt[2]), "w": float(abs(popt[3]))}
 
 
+def crossover_onset(grid: np.ndarray, smoothed: np.ndarray, fraction: float = ONSET_FRACTION) -> float:
+    """First U where the smoothed curve has moved by ``fraction`` of its total change (interpolated)."""
+    ok = np.isfinite(smoothed)
+    grid, smoothed = grid[ok], smoothed[ok]
+    if smoothed.size < 2:
+        return float("nan")
+    moved = np.abs(smoothed - smoothed[0])
+    target = fraction * moved.max()
+    if not target > 0:
+        return float("nan")
+    j = int(np.argmax(moved >= target))
+    if j == 0:
+        return float(grid[0])
+    return float(np.interp(target, moved[j - 1:j + 1], grid[j - 1:j + 1]))
+
+
 def estimate_crossover(u, m, method: str = "derivative", bandwidth: float | None = None,
                        min_change: float = 1e-3) -> Crossover:
     """Crossover U_c of m(U) by ``method`` (both estimators are computed and kept).
@@ -141,7 +165,7 @@ def estimate_crossover(u, m, method: str = "derivative", bandwidth: float | None
     Parameters
     ----------
     u, m : samples of the curve (any order; repeated U values allowed).
-    method : ``"derivative"`` or ``"tanh"``: which estimate is reported as ``u_c``.
+    method : ``"derivative"``, ``"tanh"`` or ``"onset"``: which estimate is reported as ``u_c``.
     bandwidth : smoothing bandwidth for the derivative method (default :func:`default_bandwidth`).
     min_change : below this total change (max - min of the smoothed curve) there is no crossover.
     """
@@ -156,6 +180,7 @@ def estimate_crossover(u, m, method: str = "derivative", bandwidth: float | None
         out.note = f"no crossover: the order parameter changes by {change:.3g} < {min_change:g}"
         return out
     out.u_c_derivative = u_d
+    out.u_c_onset = crossover_onset(info["grid"], info["smoothed"])
     try:
         uc, sig, w, params = crossover_tanh(u, m, u_d)
         out.u_c_tanh, out.u_c_tanh_sigma, out.width, out.fit = uc, sig, w, params
@@ -163,11 +188,11 @@ def estimate_crossover(u, m, method: str = "derivative", bandwidth: float | None
             out.note = "tanh fit places U_c outside the sampled range"
     except (RuntimeError, ValueError) as exc:
         out.note = f"tanh fit failed ({exc})"
-    out.u_c = out.u_c_derivative if method == "derivative" else out.u_c_tanh
+    out.u_c = {"derivative": out.u_c_derivative, "tanh": out.u_c_tanh, "onset": out.u_c_onset}[method]
     if out.at_edge:
         out.note = (out.note + "; " if out.note else "") + "steepest change at the edge of the sampled U range"
     return out
 
 
-__all__ = ["Crossover", "estimate_crossover", "crossover_derivative", "crossover_tanh", "local_linear",
+__all__ = ["Crossover", "estimate_crossover", "crossover_derivative", "crossover_onset", "crossover_tanh", "local_linear",
            "default_bandwidth", "METHODS"]

@@ -189,16 +189,19 @@ def _analysis_section(an) -> str:
     if an.order_parameters:
         parts.append(f"<p>Headline U<sub>c</sub> = <b>{_fmt(an.u_c, 3)} eV</b> from "
                      f"<code>{html.escape(an.u_c_parameter)}</code>: the median over curves of the "
-                     + ("maximum of dm/dU of a Gaussian-kernel local-linear smooth of m(U)"
-                        if an.u_c_method == "derivative" else "tanh-fit centre of m(U)")
-                     + "; the tanh fit m = a + b tanh((U − U<sub>c</sub>)/w) is given for comparison.</p>")
+                     + {"derivative": "maximum of dm/dU of a Gaussian-kernel local-linear smooth of m(U)",
+                        "tanh": "tanh-fit centre of m(U)",
+                        "onset": "onset (10 % of the total change) of the smoothed m(U)"}[an.u_c_method]
+                     + "; the onset and the tanh fit m = a + b tanh((U − U<sub>c</sub>)/w) are given for "
+                       "comparison.</p>")
         rows = []
         for g, d in an.crossovers.items():
             c = d.get(an.u_c_parameter)
             if c is not None:
-                rows.append([g, c.u_c_derivative, c.u_c_tanh, c.u_c_tanh_sigma, c.width, c.bandwidth, c.note])
-        parts.append(_table(["curve", "U_c (max dm/dU)", "U_c (tanh)", "σ (tanh)", "width w", "bandwidth",
-                             "note"], rows))
+                rows.append([g, c.u_c_derivative, c.u_c_onset, c.u_c_tanh, c.u_c_tanh_sigma, c.width, c.bandwidth,
+                             c.note])
+        parts.append(_table(["curve", "U_c (max dm/dU)", "U_c (onset)", "U_c (tanh)", "σ (tanh)", "width w",
+                             "bandwidth", "note"], rows))
         parts.append(_figure(an.figures.get("order_parameters"), "Mean-field order parameters vs U; dashed: "
                              "headline U_c, dotted: per-curve estimates."))
     for note in an.notes:
