@@ -181,6 +181,24 @@ def test_builtin_sweeps_and_tasks():
         Sweep.load("no-such-sweep.toml")
 
 
+def test_chain_length_splits_u_chains(tmp_path):
+    spec = {"name": "blocks", "fixed": {"index": 1, "distance_nm": 0.335},
+            "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 2.0, "step": 0.25}, "filling": [0.0, 1.0]}}
+    whole = Sweep.from_dict(spec)
+    blocks = Sweep.from_dict({**spec, "chain_length": 4})
+    assert [len(t["u_values"]) for t in whole.tasks()] == [9, 9]
+    assert [len(t["u_values"]) for t in blocks.tasks()] == [4, 4, 1, 4, 4, 1]
+    assert blocks.tasks()[0]["u_values"] == [2.0, 1.75, 1.5, 1.25]  # still descending within a block
+    keys = [s["key"] for t in blocks.tasks() for s in t["samples"]]
+    assert len(set(keys)) == len(keys) == whole.n_samples
+    # the default leaves sample parameters (and so keys of existing stores) unchanged
+    assert "chain_length" not in whole.tasks()[0]["samples"][0]["params"]
+    assert blocks.tasks()[0]["samples"][0]["params"]["chain_length"] == 4
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(MoireSTMError, match="chain_length"):
+            Sweep.from_dict({**spec, "chain_length": bad})
+
+
 def test_sweep_toml_roundtrip(tmp_path):
     path = _sweep_file(tmp_path)
     sweep = Sweep.load(path)

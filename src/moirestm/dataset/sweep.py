@@ -4,6 +4,7 @@ A sweep file (see docs/datasets.md)::
 
     name = "my-sweep"
     continuation = "descending"        # U-continuation order: "descending" | "ascending" | "none"
+    chain_length = 10                  # optional: split each U chain into blocks of this many U values
 
     [fixed]                            # one value for every sample
     index = 5
@@ -18,7 +19,9 @@ A sweep file (see docs/datasets.md)::
 
 Samples sharing everything but U, bias and broadening form one task: the U values are
 solved in order, each warm-started from the previous solution, and every bias/broadening is
-evaluated from each solution.
+evaluated from each solution. ``chain_length`` splits long chains into blocks (each block starts
+afresh at its first U), trading a few extra iterations for parallelism over many workers and for
+finer-grained results when a run is interrupted; it is recorded in each sample's parameters.
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ INTEGER_AXES = ("index", "kgrid")
 #: Extra scalars accepted in [fixed].
 FIXED_EXTRAS = {"start": "afm", "seed": 0}
 CONTINUATIONS = ("descending", "ascending", "none")
-TOP_LEVEL = {"name", "description", "continuation", "engine", "fixed", "axes", "interaction",
-             "solver", "stm", "ft"}
+TOP_LEVEL = {"name", "description", "continuation", "chain_length", "engine", "fixed", "axes",
+             "interaction", "solver", "stm", "ft"}
 #: Largest number of samples a sweep may define (guards against typos like step = 1e-6).
 MAX_SAMPLES = 1_000_000
 
@@ -163,6 +166,7 @@ class Sweep:
     name, description : labels.
     values : every parameter name -> list of values (fixed ones have one value).
     continuation : U-continuation order inside a task.
+    chain_length : U values per task (None: the whole chain in one task).
     engine : "meanfield" or "module:function" computing one task.
     interaction, solver, stm, ft : option tables passed to the pipeline stages.
     """
@@ -171,6 +175,7 @@ class Sweep:
     values: dict
     description: str = ""
     continuation: str = "descending"
+    chain_length: int | None = None
     engine: str = "meanfield"
     interaction: dict = field(default_factory=dict)
     solver: dict = field(default_factory=dict)
@@ -215,6 +220,10 @@ class Sweep:
         continuation = spec.get("continuation", "descending")
         if continuation not in CONTINUATIONS:
             raise MoireSTMError(f"continuation must be one of {CONTINUATIONS}, got {continuation!r}")
+        chain_length = spec.get("chain_length")
+        if chain_length is not None and (isinstance(chain_length, bool) or not isinstance(chain_length, int)
+                                         or chain_length < 1):
+            raise MoireSTMError(f"chain_length must be a positive integer, got {chain_length!r}")
         engine = spec.get("engine", "meanfield")
         if not isinstance(engine, str) or (engine != "meanfield" and ":" not in engine):
             raise MoireSTMError(f"engine must be 'meanfield' or 'module:function', got {engine!r}")
@@ -229,7 +238,7 @@ class Sweep:
                 raise MoireSTMError(f"set {forbidden} in [fixed] or [axes], not in [interaction]")
         sweep = cls(name=str(spec.get("name", "sweep")), values=values,
                     description=str(spec.get("description", "")), continuation=continuation,
-                    engine=engine, interaction=tables["interaction"], solver=tables["solver"],
+                    chain_length=chain_length, engine=engine, interaction=tables["interaction"], solver=tables["solver"],
                     stm={**STM_DEFAULTS, **tables["stm"]}, ft={**FT_DEFAULTS, **tables["ft"]},
                     definition=copy.deepcopy(spec))
         if sweep.n_samples > MAX_SAMPLES:
@@ -275,7 +284,8 @@ class Sweep:
             base = dict(zip(chain_names, combo))
             if base.get("distance_nm") == "magic":
                 base["distance_nm"], base["distance_source"] = resolve_magic_distance(base["index"])
-            chains = [u_values] if self.continuation != "none" else [[u] for u in u_values]
+            block = 1 if self.continuation == "none" else (self.chain_length or len(u_values))
+            chains = [u_values[i:i + block] for i in range(0, len(u_values), block)]
             for chain in chains:
                 samples = []
                 for u in chain:
@@ -293,17 +303,20 @@ class Sweep:
 
     def sample_params(self, base: dict, u: float, bias: float, broadening: float) -> dict:
         """Every parameter of one sample (the hash of this dict is its key)."""
-        return {**base, "hubbard_u_ev": u, "bias_ev": bias, "broadening_ev": broadening,
-                "continuation": self.continuation, "engine": self.engine,
-                "interaction": self.interaction, "solver": self.solver, "stm": self.stm,
-                "ft": self.ft}
+        params = {**base, "hubbard_u_ev": u, "bias_ev": bias, "broadening_ev": broadening,
+                  "continuation": self.continuation, "engine": self.engine,
+                  "interaction": self.interaction, "solver": self.solver, "stm": self.stm,
+                  "ft": self.ft}
+        if self.chain_length is not None and self.continuation != "none":
+            params["chain_length"] = self.chain_length  # absent by default, so older stores keep their keys
+        return params
 
     def summary(self) -> dict:
         """Name, sample count and axes."""
         return {"name": self.name, "description": self.description, "n_samples": self.n_samples,
                 "axes": {k: [v[0], v[-1], len(v)] for k, v in self.axes.items()},
                 "fixed": {k: v[0] for k, v in self.values.items() if len(v) == 1},
-                "continuation": self.continuation, "engine": self.engine}
+                "continuation": self.continuation, "chain_length": self.chain_length, "engine": self.engine}
 
 
 def magic_cache_path() -> Path:
