@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MoireSTMError
-from ..io import KIND_ATTR, PARAMS_ATTR, VERSION_ATTR, to_json
+from ..io import KIND_ATTR, PARAMS_ATTR, stamp, to_json
 
 STORE_KIND = "FTLDOSStore"
 SAMPLE_KIND = "FTLDOSSample"
@@ -179,10 +179,7 @@ class Store:
             tmp = store._tmp_name()
             try:
                 with h5py.File(tmp, "w") as f:
-                    f.attrs[KIND_ATTR] = STORE_KIND
-                    f.attrs[VERSION_ATTR] = __version__
-                    f.attrs["created_utc"] = _now()
-                    f.attrs[PARAMS_ATTR] = to_json(sweep_params)
+                    stamp(f, STORE_KIND, sweep_params)
                     f.attrs["history_json"] = json.dumps([{"utc": _now(), "event": "create",
                                                            "version": __version__}])
                     f.create_group("samples")
@@ -414,10 +411,7 @@ class Store:
         tmp = self._tmp_name(self.journal, key)
         try:
             with h5py.File(tmp, "w") as f:
-                f.attrs[KIND_ATTR] = SAMPLE_KIND
-                f.attrs[VERSION_ATTR] = __version__
-                f.attrs["written_utc"] = _now()
-                f.attrs[PARAMS_ATTR] = to_json(params)
+                stamp(f, SAMPLE_KIND, params)
                 f.attrs["status"] = status
                 f.attrs["error"] = str(error)
                 f.attrs["results_json"] = to_json(results or {})
