@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from moirestm.learn import Run, evaluate, run_baselines, train
-from moirestm.learn.data import Normalizer, open_store
+from moirestm.learn.data import open_store
 from moirestm.learn.models import DEFAULT_INPUT_SIZE, build_model, count_parameters
 from moirestm.learn.predict import MC_SAMPLES
 

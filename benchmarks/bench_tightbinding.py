@@ -9,7 +9,6 @@ import os
 import platform
 import time
 
-import numpy as np
 import scipy.linalg as sla
 from threadpoolctl import threadpool_info
 

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy import ndimage, optimize
+from scipy import ndimage
 
 from ..constants import FT_IMAGE_SIZE, GRAPHENE_LATTICE_NM
 from ..errors import MoireSTMError
