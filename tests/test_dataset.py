@@ -412,15 +412,22 @@ def test_cli_dataset_commands(tmp_path, engine_dir):
 
 @pytest.mark.validate
 def test_sigkill_stress_many_random_kills(tmp_path, engine_dir):
-    """25 SIGKILLs at random moments (many during journal merges), then a clean rerun."""
-    spec = _sweep_file(tmp_path, seed=5, stop=20.0)  # 164 samples, 5 ms each
+    """25 SIGKILLs at random moments (during sample writes and journal merges), then a clean rerun.
+
+    One task per U value and 20 ms per sample make a full run last ~3.5 s, so kills land mid-run on an
+    idle machine too; the merge interval alternates between every task and every 0.3 s so that some
+    kills hit merges and others leave journal entries pending.
+    """
+    spec = _sweep_file(tmp_path, seed=20, stop=20.0)  # 164 samples, 20 ms each
+    spec.write_text('continuation = "none"\n' + spec.read_text())
     out = tmp_path / "data.h5"
     expected = {s["key"] for t in Sweep.load(spec).tasks() for s in t["samples"]}
     rng = random.Random(11)
     seen = []
-    for _ in range(25):
+    for attempt in range(25):
+        interval = "0" if attempt % 2 else "0.3"
         proc = _cli(["sweep", "run", str(spec), "--out", str(out), "--scheduler", "synchronous",
-                     "--commit-interval-s", "0"], dict(os.environ))
+                     "--commit-interval-s", interval], dict(os.environ))
         time.sleep(rng.uniform(0.5, 2.0))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
