@@ -16,3 +16,11 @@ def finite_number(name: str, value) -> float:
     if not math.isfinite(value):
         raise MoireSTMError(f"{name} must be finite, got {value}")
     return value
+
+
+def positive_number(name: str, value) -> float:
+    """``value`` as a float, or a MoireSTMError naming ``name`` if it is not a finite positive number."""
+    value = finite_number(name, value)
+    if value <= 0:
+        raise MoireSTMError(f"{name} must be a positive number, got {value}")
+    return value

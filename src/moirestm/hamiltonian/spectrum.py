@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
-from ..errors import MoireSTMError
+from ..errors import MoireSTMError, positive_number
 from ..io import read_h5, write_h5
 from .kgrid import k_path, monkhorst_pack
 from .tightbinding import TightBinding
@@ -230,8 +230,7 @@ def broaden(centres_ev: np.ndarray, weights: np.ndarray, energies_ev: np.ndarray
     ``centres_ev`` (..., m) and ``weights`` broadcastable to it; returns shape (len(energies_ev),).
     Uses a sorted cumulative window so the cost is O(m log m + n_E * peaks within reach).
     """
-    if not np.isfinite(width_ev) or width_ev <= 0:
-        raise MoireSTMError(f"broadening must be a positive energy in eV, got {width_ev}")
+    width_ev = positive_number("broadening_ev", width_ev)
     centres = np.asarray(centres_ev).ravel()
     w = np.broadcast_to(weights, np.shape(centres_ev)).ravel()
     x = np.asarray(energies_ev)[:, None] - centres[None, :]

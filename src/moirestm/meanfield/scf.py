@@ -37,7 +37,7 @@ from ..constants import (
     SCF_START_MOMENT,
     TEMPERATURE_K,
 )
-from ..errors import MoireSTMError, finite_number
+from ..errors import MoireSTMError, finite_number, positive_number
 from ..hamiltonian.kgrid import monkhorst_pack
 from .interaction import Interaction, coulomb_matrix, fock_pairs
 from .solution import MeanFieldSolution, fock_matrix
@@ -358,7 +358,7 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
         raise MoireSTMError(f"interaction must be a moirestm.meanfield.Interaction, got {type(interaction).__name__}")
     kgrid = _check_kgrid(kgrid)
     n = tb.n_sites
-    temperature_k = _positive("temperature_k", temperature_k)
+    temperature_k = positive_number("temperature_k", temperature_k)
     kt = BOLTZMANN_EV_PER_K * temperature_k
     if (filling is None) == (mu_ev is None):
         raise MoireSTMError("give exactly one of filling (electrons per cell relative to neutrality) or mu_ev")
@@ -372,7 +372,7 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
     else:
         mu_ev = finite_number("mu_ev", mu_ev)
     for name, value in (("density_tol", density_tol), ("energy_tol_ev", energy_tol_ev), ("mixing", mixing)):
-        _positive(name, value)
+        positive_number(name, value)
     if not 0 < mixing <= 1:
         raise MoireSTMError(f"mixing must lie in (0, 1], got {mixing}")
     if isinstance(max_iterations, bool) or int(max_iterations) < 1:
@@ -439,13 +439,6 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
         sublattice=np.asarray(struct.sublattice), superlattice_nm=np.asarray(struct.superlattice_nm), fock=fock,
         _tb=tb,
     )
-
-
-def _positive(name, value) -> float:
-    value = finite_number(name, value)
-    if value <= 0:
-        raise MoireSTMError(f"{name} must be positive, got {value}")
-    return value
 
 
 # ============================================================================ U continuation

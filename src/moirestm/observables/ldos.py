@@ -14,7 +14,7 @@ import numpy as np
 import scipy.linalg as sla
 
 from ..constants import LDOS_BROADENING_EV
-from ..errors import MoireSTMError
+from ..errors import MoireSTMError, positive_number
 from ..io import read_h5, write_h5
 
 KIND = "SiteLDOS"
@@ -91,12 +91,7 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     bias = np.atleast_1d(np.asarray(bias_ev, dtype=float))
     if bias.ndim != 1 or bias.size == 0 or not np.all(np.isfinite(bias)):
         raise MoireSTMError(f"bias energies must be a non-empty list of finite numbers in eV, got {bias_ev!r}")
-    try:
-        eta = float(broadening_ev)
-    except (TypeError, ValueError):
-        raise MoireSTMError(f"broadening must be a positive energy in eV, got {broadening_ev!r}") from None
-    if not np.isfinite(eta) or eta <= 0:
-        raise MoireSTMError(f"broadening must be a positive energy in eV, got {broadening_ev}")
+    eta = positive_number("broadening_ev", broadening_ev)
     if kind not in _KINDS:
         raise MoireSTMError(f"broadening kind must be one of {_KINDS}, got {kind!r}")
     energies = solution.mu_ev + bias

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import STM_DECAY_PER_NM, STM_ORBITAL_WIDTH_NM, STM_PIXELS_PER_NM
-from ..errors import MoireSTMError
+from ..errors import MoireSTMError, positive_number
 from ..io import read_h5, write_h5
 
 KIND = "STMMap"
@@ -77,16 +77,6 @@ class STMMap:
         return fig
 
 
-def _positive(name, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MoireSTMError(f"{name} must be a positive number, got {value!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise MoireSTMError(f"{name} must be a positive number, got {value}")
-    return value
-
-
 def stm_map(site_ldos, bias_index: int = 0, n_cells: int = 3, pixels_per_nm: float = STM_PIXELS_PER_NM,
             orbital_width_nm: float = STM_ORBITAL_WIDTH_NM, decay_per_nm: float = STM_DECAY_PER_NM,
             spin: str = "total", chunk: int = 8192) -> STMMap:
@@ -112,8 +102,8 @@ def stm_map(site_ldos, bias_index: int = 0, n_cells: int = 3, pixels_per_nm: flo
     if isinstance(n_cells, bool) or not float(n_cells).is_integer() or int(n_cells) < 1:
         raise MoireSTMError(f"n_cells must be a positive integer, got {n_cells!r}")
     n_cells = int(n_cells)
-    pixels_per_nm = _positive("pixels_per_nm", pixels_per_nm)
-    sigma = _positive("orbital_width_nm", orbital_width_nm)
+    pixels_per_nm = positive_number("pixels_per_nm", pixels_per_nm)
+    sigma = positive_number("orbital_width_nm", orbital_width_nm)
     kappa = float(decay_per_nm)
     if not np.isfinite(kappa) or kappa < 0:
         raise MoireSTMError(f"decay_per_nm must be a non-negative number, got {decay_per_nm}")
