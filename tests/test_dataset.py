@@ -464,4 +464,9 @@ def test_magic_distance_is_cached_on_disk(tmp_path, monkeypatch):
     sweep_module.resolve_magic_distance.cache_clear()
     assert sweep_module.resolve_magic_distance(9)[0] == 0.294412
     assert calls == [9, 9]
+    # another index is added beside the cached one, which stays
+    sweep_module.resolve_magic_distance.cache_clear()
+    sweep_module.resolve_magic_distance(5)
+    assert calls == [9, 9, 5]
+    assert len(json.loads(cache.read_text())) == 2
     sweep_module.resolve_magic_distance.cache_clear()

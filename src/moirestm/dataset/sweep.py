@@ -341,11 +341,12 @@ def resolve_magic_distance(index: int) -> tuple[float, str]:
     key = f"{__version__}:{int(index)}"
     try:
         cache = json.loads(cache_file.read_text())
-        return float(cache[key]), "magic_distance"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         cache = {}
     if not isinstance(cache, dict):
         cache = {}
+    if isinstance(cache.get(key), (int, float)):
+        return float(cache[key]), "magic_distance"
     distance = round(float(magic_distance(index).distance_nm), 6)
     cache[key] = distance
     try:
