@@ -406,7 +406,36 @@ def test_cli_scf_ldos_sweep(tmp_path):
     assert res.exit_code == 2 and "error" in res.output
 
 
+def test_pulay_stall_control_damps_and_restarts():
+    """A residual that stops shrinking halves the mixing fraction (to its floor) and restarts the history."""
+    from moirestm.meanfield.scf import Pulay
+
+    mixer = Pulay(beta=0.4, history=8, stall_steps=5, min_beta=0.1)
+    x = np.zeros(3)
+    betas, history = [], []
+    for step in range(40):
+        r = np.array([1.0, -1.0, 0.5]) * (1.0 + 0.01 * (step % 3))  # oscillating, never halving
+        x = mixer.next(x, r)
+        betas.append(mixer.beta)
+        history.append(len(mixer.xs))
+    assert betas[3] == 0.4 and betas[5] == 0.2 and min(betas) == 0.1
+    damped = [i for i in range(1, 40) if betas[i] < betas[i - 1]]
+    assert damped and all(history[i] == 1 for i in damped)  # each damping restarts the history
+    shrinking = Pulay(beta=0.4, stall_steps=5)
+    for step in range(30):
+        shrinking.next(np.zeros(2), np.full(2, 0.7 ** step))
+    assert shrinking.beta == 0.4  # steady progress never damps
+
+
 # ----------------------------------------------------------------------------- slow validation
+@pytest.mark.validate
+def test_hole_doped_flat_band_converges():
+    """nu = -1 at the i = 9 magic distance, 10 K: near-degenerate Gamma levels at E_F used to stall DIIS at 1e-3."""
+    tb = TightBinding(TBGLattice(9, 0.294407))
+    sol = solve(tb, Interaction(hubbard_u_ev=3.0, dielectric=10.0), filling=-1.0, temperature_k=10.0, start="afm")
+    assert sol.converged and sol.residuals[-1] <= 1e-6
+    assert float(np.sum(sol.n_up + sol.n_down)) == pytest.approx(tb.n_sites - 1.0, abs=1e-8)
+
 @pytest.mark.validate
 def test_honeycomb_meanfield_onset_from_scf(honeycomb):
     """SCF onset of the Neel moment on a dense grid (no Dirac point) lies at the mean-field U_c/t = 2.23."""

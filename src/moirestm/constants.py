@@ -83,6 +83,11 @@ SCF_MAX_ITERATIONS = 300
 SCF_DIIS_HISTORY = 8
 #: Linear-mixing fraction of the output density in the first steps / Pulay update.
 SCF_MIXING = 0.5
+#: Pulay stall control: halve the mixing fraction (not below SCF_MIN_MIXING) when the best residual
+#: has not halved within this many iterations (adaptive damping, cf. Kresse & Furthmueller,
+#: Comput. Mater. Sci. 6, 15 (1996), Sec. 7; chosen on the i = 9 hole-doped flat-band cases).
+SCF_STALL_STEPS = 12
+SCF_MIN_MIXING = 0.05
 #: Initial local moment |n_up - n_down| per site of the symmetry-broken starting states.
 SCF_START_MOMENT = 0.5
 

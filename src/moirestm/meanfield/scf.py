@@ -33,7 +33,9 @@ from ..constants import (
     SCF_DIIS_HISTORY,
     SCF_ENERGY_TOL_EV,
     SCF_MAX_ITERATIONS,
+    SCF_MIN_MIXING,
     SCF_MIXING,
+    SCF_STALL_STEPS,
     SCF_START_MOMENT,
     TEMPERATURE_K,
 )
@@ -264,18 +266,39 @@ class _Model:
 
 # ============================================================================ mixing
 class Pulay:
-    """Pulay / DIIS mixing of a vector x with residual r = F(x) - x (Pulay, CPL 73, 393 (1980))."""
+    """Pulay / DIIS mixing of a vector x with residual r = F(x) - x (Pulay, CPL 73, 393 (1980)).
 
-    def __init__(self, beta: float = SCF_MIXING, history: int = SCF_DIIS_HISTORY, linear_steps: int = 2):
+    Stall control: when the best residual has not halved within ``stall_steps`` updates (charge
+    sloshing between near-degenerate levels at the Fermi energy, e.g. partially filled flat-band
+    multiplets at Gamma), the mixing fraction is halved (down to ``min_beta``) and the history restarts
+    from the latest point. Damped mixing then converges where full-step extrapolation oscillates.
+    """
+
+    def __init__(self, beta: float = SCF_MIXING, history: int = SCF_DIIS_HISTORY, linear_steps: int = 2,
+                 stall_steps: int = SCF_STALL_STEPS, min_beta: float = SCF_MIN_MIXING):
         self.beta, self.history, self.linear_steps = beta, max(int(history), 1), linear_steps
+        self.stall_steps, self.min_beta = int(stall_steps), min(min_beta, beta)
         self.xs, self.rs, self.steps = [], [], 0
+        self.best, self.checkpoint, self.since = np.inf, np.inf, 0
+
+    def _stalled(self, norm: float) -> bool:
+        self.best = min(self.best, norm)
+        self.since += 1
+        if self.best <= 0.5 * self.checkpoint:
+            self.checkpoint, self.since = self.best, 0
+        if self.since < self.stall_steps or self.beta <= self.min_beta:
+            return False
+        self.beta = max(0.5 * self.beta, self.min_beta)
+        self.checkpoint, self.since = self.best, 0
+        return True
 
     def next(self, x: np.ndarray, r: np.ndarray) -> np.ndarray:
         self.steps += 1
         self.xs.append(x.copy())
         self.rs.append(r.copy())
         norms = [float(np.linalg.norm(rr)) for rr in self.rs]
-        if norms[-1] > 10.0 * min(norms):  # extrapolation went astray: restart from the latest point
+        if self._stalled(norms[-1]) or norms[-1] > 10.0 * min(norms):
+            # stalled, or extrapolation went astray: restart from the latest point
             self.xs, self.rs = self.xs[-1:], self.rs[-1:]
         del self.xs[:-self.history], self.rs[:-self.history]
         m = len(self.rs)
