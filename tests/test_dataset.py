@@ -211,6 +211,8 @@ def test_sweep_toml_roundtrip(tmp_path):
 
 def test_run_resume_and_failed_samples(tmp_path, engine_dir):
     spec, out = _sweep_file(tmp_path), tmp_path / "data.h5"
+    limited = run_sweep(spec, tmp_path / "limited.h5", scheduler="synchronous", progress=False, limit_tasks=0)
+    assert (limited.skipped, limited.tasks) == (0, 0)  # samples cut by the limit are not "already present"
     first = run_sweep(spec, out, scheduler="synchronous", progress=False)
     assert (first.written_ok, first.written_failed) == (18, 2)
     store = Store.open(out)

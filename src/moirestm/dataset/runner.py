@@ -104,10 +104,10 @@ def run_sweep(sweep: Sweep | str, out, scheduler: str | None = None, workers: in
             if missing:
                 todo.append((task, {s["key"] for s in missing}))
         todo.sort(key=lambda item: -_task_cost(item[0]))
+        present = sweep.n_samples - sum(len(m) for _, m in todo)
         if limit_tasks is not None:
             todo = todo[: int(limit_tasks)]
-        summary = RunSummary(str(out), sweep.n_samples, sweep.n_samples - sum(len(m) for _, m in todo),
-                             0, 0, len(todo), 0.0, 0)
+        summary = RunSummary(str(out), sweep.n_samples, present, 0, 0, len(todo), 0.0, 0)
         store.add_history("run", sweep=sweep.name, tasks=len(todo), scheduler=str(scheduler or "local"))
         if todo:
             _execute(todo, store, summary, scheduler, workers, commit_interval_s, progress, console,
