@@ -315,6 +315,31 @@ def test_meanfield_engine_small_sweep(tmp_path):
     assert store.results(store.keys()[0])["ft_params"]["route"] == "chirp_z_fft"
 
 
+def test_chain_warm_starts_past_a_failed_u(tmp_path, monkeypatch):
+    """A U that does not converge is recorded as failed; the next U starts from the last converged solution."""
+    import moirestm.meanfield as mf
+
+    real_solve, starts = mf.solve, []
+
+    def flaky_solve(tb, interaction, **kw):
+        starts.append((interaction.hubbard_u_ev, kw["start"]))
+        sol = real_solve(tb, interaction, **kw)
+        if interaction.hubbard_u_ev == 2.0:
+            sol.converged = False
+        return sol
+
+    monkeypatch.setattr(mf, "solve", flaky_solve)
+    spec = {"name": "chain", "continuation": "descending", "fixed": {"index": 1, "kgrid": 2, "bias_ev": 0.0},
+            "axes": {"hubbard_u_ev": [1.0, 2.0, 3.0], "filling": [0.0]},
+            "ft": {"size": 16, "tiling": 1}, "stm": {"enabled": False}}
+    summary = run_sweep(Sweep.from_dict(spec), tmp_path / "c.h5", scheduler="synchronous", progress=False)
+    assert (summary.written_ok, summary.written_failed) == (2, 1)
+    assert [u for u, _ in starts] == [3.0, 2.0, 1.0] and starts[0][1] == "afm"
+    after_failure = starts[2][1]
+    assert not isinstance(after_failure, str)
+    assert after_failure.params["interaction"]["hubbard_u_ev"] == 3.0  # the U = 2 iterate is skipped
+
+
 # --------------------------------------------------------------------------- import / export
 def _ldos_file(path, scale=10.0):
     lat = TBGLattice(1)

@@ -93,8 +93,7 @@ def meanfield_engine(task: dict) -> list[dict]:
         except Exception as exc:  # noqa: BLE001
             text = _error_text(exc)
             records += [_failed(s, text) for s in samples]
-            previous = None
-            continue
+            continue  # the next U warm-starts from the last converged solution
         solve_s = time.perf_counter() - t0
         moment = 0.5 * (np.asarray(solution.n_up) - np.asarray(solution.n_down))
         results = {"mu_ev": float(solution.mu_ev), "free_energy_ev": float(solution.free_energy_ev),
@@ -107,8 +106,7 @@ def meanfield_engine(task: dict) -> list[dict]:
             text = (f"mean field did not converge in {solution.iterations} iterations "
                     f"(last residual {float(np.ravel(solution.residuals)[-1]) if np.size(solution.residuals) else float('nan'):.3g})")
             records += [_failed(s, text, results) for s in samples]
-            previous = None
-            continue
+            continue  # keep following the branch of the last converged solution
         previous = solution
         for broadening in task["broadening_ev"]:
             group = [s for s in samples if s["params"]["broadening_ev"] == broadening]
