@@ -334,3 +334,13 @@ def test_unknown_training_device_is_refused(tmp_path):
         with pytest.raises(MoireSTMError, match="no CUDA"):
             training_device("cuda")
     assert training_device("auto").type in ("cpu", "cuda")
+
+
+def test_loss_option(store_path, tmp_path):
+    with pytest.raises(MoireSTMError, match="unknown loss 'hinge'"):
+        train(store_path, out=tmp_path / "bad", progress=False, loss="hinge", epochs=1)
+    runs = {loss: train(store_path, model="cnn", split="group", out=tmp_path / loss, progress=False, seed=0,
+                        loss=loss, **{**FAST, "epochs": 2, "min_epochs": 2}) for loss in ("mse", "l1")}
+    assert Run.load(runs["l1"].path).config["loss"] == "l1"
+    # same seed, data and initial weights: only the loss differs, and the recorded training loss shows it
+    assert runs["l1"].history[0]["train_loss"] != pytest.approx(runs["mse"].history[0]["train_loss"], rel=1e-3)

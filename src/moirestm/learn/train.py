@@ -31,6 +31,10 @@ CHECKPOINT_FORMAT = "moirestm-learn-run"
 CHECKPOINT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 LAST = "last.pt"
+#: Training losses on standardised targets: "l1" optimises the reported MAE directly, "huber" (delta =
+#: 0.1 target std) is quadratic for small and linear for large errors, "mse" weights outliers most.
+LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
+          "huber": lambda pred, y: torch.nn.functional.huber_loss(pred, y, delta=0.1)}
 
 
 @dataclass
@@ -56,6 +60,7 @@ class TrainConfig:
     mc_samples: int = MC_SAMPLES
     model_options: dict = field(default_factory=dict)
     device: str = "cpu"
+    loss: str = "mse"
 
     #: fields that may differ when resuming
     RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs", "device")
@@ -246,6 +251,8 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     cfg = TrainConfig(model=model, split=split.kind if isinstance(split, Split) else split, **options)
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise MoireSTMError("epochs and batch_size must be positive")
+    if cfg.loss not in LOSSES:
+        raise MoireSTMError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
     get_preset(cfg.augment, cfg.augment_space)  # validate early
     device = training_device(cfg.device)
     st = open_store(store)
@@ -261,7 +268,8 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
         resume_state = _load_checkpoint(out / LAST)
         saved = dict(resume_state["config"])
         now = cfg.to_dict()
-        diff = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k) != now[k]]
+        defaults = TrainConfig().to_dict()  # runs saved before a field existed used its default
+        diff = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k, defaults[k]) != now[k]]
         if diff:
             raise MoireSTMError("cannot resume: config differs from the saved run in "
                                 + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff))
@@ -326,7 +334,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                 if len(x) < 2 and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()):
                     continue  # batch norm needs >1 sample
                 opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.mse_loss(net(x.to(device)), y.to(device))
+                loss = LOSSES[cfg.loss](net(x.to(device)), y.to(device))
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
