@@ -344,3 +344,15 @@ def test_loss_option(store_path, tmp_path):
     assert Run.load(runs["l1"].path).config["loss"] == "l1"
     # same seed, data and initial weights: only the loss differs, and the recorded training loss shows it
     assert runs["l1"].history[0]["train_loss"] != pytest.approx(runs["mse"].history[0]["train_loss"], rel=1e-3)
+
+
+def test_evaluate_on_corrupted_images(trained):
+    clean = evaluate(trained, plots=False)
+    noisy = evaluate(trained, plots=False, corrupt="noisy", seed=3)
+    again = evaluate(trained, plots=False, corrupt="noisy", seed=3)
+    assert noisy["part"] == "test-noisy" and noisy["corrupt"]["preset"] == "noisy"
+    m_clean, m_noisy = clean["targets"]["hubbard_u_ev"], noisy["targets"]["hubbard_u_ev"]
+    assert m_noisy["mae"] != pytest.approx(m_clean["mae"], rel=1e-6)  # the images were really corrupted
+    assert again["targets"]["hubbard_u_ev"]["mae"] == m_noisy["mae"]  # seeded
+    with pytest.raises(MoireSTMError, match="unknown augmentation preset"):
+        evaluate(trained, plots=False, corrupt="fog")

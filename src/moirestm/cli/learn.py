@@ -66,11 +66,14 @@ def evaluate_cmd(
     part: str = typer.Option("test", help="test | val | train (own store only)"),
     out: Optional[Path] = typer.Option(None, help="output directory for metrics.json and plots"),
     json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+    corrupt: Optional[str] = typer.Option(None, help="corrupt the images with an augmentation preset "
+                                                     "(mild | symb | noisy) before predicting"),
+    seed: int = typer.Option(0, help="seed of the corruption draws"),
 ) -> None:
     """MAE, RMSE, R², error per U, uncertainty coverage; parity and residual PNGs and metrics.json."""
     from ..learn import evaluate
 
-    result = evaluate(run, store=data, part=part, out=out)
+    result = evaluate(run, store=data, part=part, out=out, corrupt=corrupt, seed=seed)
     if json_out:
         emit_json(result)
         return

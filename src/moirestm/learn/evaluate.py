@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import MoireSTMError
-from .data import open_store, store_path, targets_of
+from .augment import Augmenter
+from .data import SampleArrays, open_store, store_path, targets_of
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -45,7 +46,8 @@ def coverage(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray) -> dict:
 
 
 def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | None = None,
-             plots: bool = True, mc_samples: int | None = None) -> dict:
+             plots: bool = True, mc_samples: int | None = None, corrupt: str | None = None,
+             corrupt_space: str = "ft", seed: int = 0) -> dict:
     """Evaluate a run on its held-out split, or on all samples of another store.
 
     Parameters
@@ -55,7 +57,10 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
         ``ok`` samples are all evaluated (if it *is* the training store, ``part`` is used).
     part : ``"test"``, ``"val"`` or ``"train"`` for the run's own store.
     out : directory for ``metrics.json``, ``parity.png`` and ``residuals.png`` (default:
-        ``<run>/eval-<part or store name>``); None with ``plots=False`` writes nothing.
+        ``<run>/eval-<part or store name>[-<corrupt>]``); None with ``plots=False`` writes nothing.
+    corrupt : optional augmentation preset (e.g. ``"noisy"``) applied to the evaluated images, one
+        seeded draw per image: accuracy on STM-like corrupted data rather than clean simulations.
+    corrupt_space, seed : the preset's space (``"ft"`` or ``"real"``) and the draw seed.
 
     Returns
     -------
@@ -83,9 +88,16 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
     names = run.targets
     y = targets_of(st, keys, names)
     images = [st.image(k) for k in keys]
+    if corrupt is not None:
+        augment = Augmenter(corrupt, corrupt_space)
+        images = [augment(im, np.random.default_rng([seed, i]), SampleArrays(st, k))
+                  for i, (im, k) in enumerate(zip(images, keys))]
+        label = f"{label}-{corrupt}"
     mean, sigma = run.predict(images, mc_samples=mc_samples)
     result = {"data": str(store_path(st)), "part": label, "n": len(keys), "model": run.model_config["name"],
-              "split": run.split.kind, "uncertainty": "MC dropout, validation-recalibrated", "targets": {}}
+              "split": run.split.kind, "uncertainty": "MC dropout, validation-recalibrated",
+              "corrupt": None if corrupt is None else {"preset": corrupt, "space": corrupt_space, "seed": seed},
+              "targets": {}}
     for j, name in enumerate(names):
         result["targets"][name] = {**regression_metrics(y[:, j], mean[:, j]),
                                    "per_value": error_per_value(y[:, j], mean[:, j], sigma[:, j]),
