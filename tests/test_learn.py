@@ -96,6 +96,24 @@ def test_normalisation_uses_training_split_only(store):
     assert abs(x.mean()) < 1e-4 and x.std() == pytest.approx(1.0, rel=1e-3)
 
 
+def test_per_pixel_standardisation(store):
+    from moirestm.learn.data import PIXEL_STD_FLOOR
+
+    sp = make_split(store, "group", seed=0)
+    imgs = [store.image(k) for k in sp.train]
+    y = targets_of(store, sp.train, ["hubbard_u_ev"])
+    glob = Normalizer.fit(imgs, y, ["hubbard_u_ev"], None)
+    pix = Normalizer.fit(imgs, y, ["hubbard_u_ev"], None, standardise="pixel")
+    x = np.stack([pix.transform(im)[0] for im in imgs])
+    unfloored = pix.pixel_std > PIXEL_STD_FLOOR * glob.pixel_std * (1 + 1e-6)
+    assert unfloored.any() and np.allclose(x.std(axis=0)[unfloored], 1.0, rtol=1e-3)  # unit std per pixel
+    assert np.all(pix.pixel_std >= PIXEL_STD_FLOOR * glob.pixel_std * (1 - 1e-6))
+    again = Normalizer.from_state(pix.state())
+    np.testing.assert_array_equal(again.transform(imgs[0]), pix.transform(imgs[0]))
+    with pytest.raises(MoireSTMError, match="standardise must be one of"):
+        Normalizer.fit(imgs, y, ["hubbard_u_ev"], None, standardise="minmax")
+
+
 def test_run_saves_train_only_normalisation(trained, store):
     u_train = targets_of(store, trained.split.train, ["hubbard_u_ev"])[:, 0]
     assert trained.normalizer.target_mean[0] == pytest.approx(u_train.mean())

@@ -39,6 +39,7 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     device: str = typer.Option("cpu", help="cpu | cuda | auto (CUDA when available)"),
     loss: str = typer.Option("mse", help="mse | l1 | huber (on standardised targets)"),
+    standardise: str = typer.Option("global", help="image standardisation: global | pixel (per-pixel std)"),
 ) -> None:
     """Train a network to predict U from FT-LDOS images; prints the held-out test metrics."""
     from ..learn import evaluate, train
@@ -47,7 +48,7 @@ def train_cmd(
     run = train(data, model=model, split=split, out=out, targets=target, epochs=epochs, batch_size=batch_size,
                 lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
                 input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                device=device, loss=loss)
+                device=device, loss=loss, standardise=standardise)
     best = run.best
     console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val MAE "
                   f"{', '.join(f'{v:.4g}' for v in best['val_mae'])}, time to best {best['time_s']:.1f} s")

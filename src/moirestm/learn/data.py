@@ -182,14 +182,23 @@ def downsample(image: np.ndarray, size: int | None) -> np.ndarray:
     return F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
 
 
+#: ``Normalizer`` image standardisations: one global std, or per pixel.
+STANDARDISE = ("global", "pixel")
+#: Floor of the per-pixel std, as a fraction of the global std.
+PIXEL_STD_FLOOR = 0.1
+
+
 @dataclass
 class Normalizer:
     """Image and target normalisation, fitted on the training split only.
 
     Images: area down-sampling to ``input_size``, ``log1p(image / scale)`` (FT peaks span
     decades; ``scale`` is the median training-image mean), then subtraction of the training
-    mean image and division by one global std.  Images stored already log-scaled (they
-    have negative pixels, ``FTImage.params["log_scale"]``) skip the ``log1p`` (``log_input``).
+    mean image and division by one global std (``standardise="global"``) or by each pixel's
+    training std (``"pixel"``, floored at ``PIXEL_STD_FLOOR`` x the global std so empty pixels
+    are not amplified): weak but informative intensity changes then weigh as much as the bright
+    peaks.  Images stored already log-scaled (they have negative pixels,
+    ``FTImage.params["log_scale"]``) skip the ``log1p`` (``log_input``).
     Targets: standardised per target with training mean and std.
     """
 
@@ -197,7 +206,7 @@ class Normalizer:
     input_size: int | None
     scale: float
     pixel_mean: np.ndarray
-    pixel_std: float
+    pixel_std: float | np.ndarray
     target_names: list[str]
     target_mean: np.ndarray
     target_std: np.ndarray
@@ -205,7 +214,9 @@ class Normalizer:
 
     @classmethod
     def fit(cls, images: Sequence[np.ndarray], targets: np.ndarray, target_names: Sequence[str],
-            input_size: int | None) -> "Normalizer":
+            input_size: int | None, standardise: str = "global") -> "Normalizer":
+        if standardise not in STANDARDISE:
+            raise MoireSTMError(f"standardise must be one of {', '.join(STANDARDISE)}, got {standardise!r}")
         images = list(images)
         if not images:
             raise MoireSTMError("cannot fit a normalisation on an empty training split")
@@ -220,11 +231,13 @@ class Normalizer:
         probe = cls(shape, input_size, scale, np.zeros(1, np.float32), 1.0, [], np.zeros(1), np.ones(1), log_input)
         logs = np.stack([probe._features(im) for im in images])
         mean = logs.mean(axis=0)
-        std = float((logs - mean).std())
+        std = float((logs - mean).std()) or 1.0
+        if standardise == "pixel":
+            std = np.maximum(logs.std(axis=0), PIXEL_STD_FLOOR * std).astype(np.float32)
         targets = np.asarray(targets, dtype=np.float64)
         tstd = targets.std(axis=0)
         tstd = np.where(tstd > 0, tstd, 1.0)
-        return cls(shape, input_size, scale, mean.astype(np.float32), std if std > 0 else 1.0,
+        return cls(shape, input_size, scale, mean.astype(np.float32), std,
                    list(target_names), targets.mean(axis=0), tstd, log_input)
 
     def check(self, image: np.ndarray) -> np.ndarray:
@@ -266,7 +279,9 @@ class Normalizer:
     def state(self) -> dict:
         """Checkpoint-safe state (tensors and plain types only)."""
         return {"image_shape": list(self.image_shape), "input_size": self.input_size, "scale": self.scale,
-                "pixel_mean": torch.from_numpy(self.pixel_mean.copy()), "pixel_std": self.pixel_std,
+                "pixel_mean": torch.from_numpy(self.pixel_mean.copy()),
+                "pixel_std": (torch.from_numpy(self.pixel_std.copy()) if isinstance(self.pixel_std, np.ndarray)
+                              else self.pixel_std),
                 "target_names": list(self.target_names),
                 "target_mean": torch.from_numpy(np.asarray(self.target_mean, dtype=np.float64)),
                 "target_std": torch.from_numpy(np.asarray(self.target_std, dtype=np.float64)),
@@ -274,8 +289,10 @@ class Normalizer:
 
     @classmethod
     def from_state(cls, s: dict) -> "Normalizer":
+        std = s["pixel_std"]
+        std = std.numpy() if torch.is_tensor(std) else float(std)
         return cls(tuple(s["image_shape"]), s["input_size"], float(s["scale"]), s["pixel_mean"].numpy(),
-                   float(s["pixel_std"]), list(s["target_names"]), s["target_mean"].numpy(),
+                   std, list(s["target_names"]), s["target_mean"].numpy(),
                    s["target_std"].numpy(), bool(s.get("log_input", False)))
 
 

@@ -61,6 +61,7 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     device: str = "cpu"
     loss: str = "mse"
+    standardise: str = "global"
 
     #: fields that may differ when resuming
     RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs", "device")
@@ -289,7 +290,8 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
         size = cfg.input_size or min(DEFAULT_INPUT_SIZE[model], *first.shape[-2:])
         normalizer = Normalizer.fit([_checked(im, first.shape) for im in train_images],
                                     targets_of(st, split_obj.train, cfg.targets), cfg.targets,
-                                    None if size == first.shape[-1] == first.shape[-2] else size)
+                                    None if size == first.shape[-1] == first.shape[-2] else size,
+                                    standardise=cfg.standardise)
         model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
                         **cfg.model_options}
     (out / "split.json").write_text(json.dumps(split_obj.to_dict(), indent=1))
