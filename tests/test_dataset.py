@@ -287,6 +287,48 @@ def test_sigkill_and_rerun_gives_complete_dataset(tmp_path, engine_dir):
     assert leftovers == []
 
 
+def _manual_store(path, samples):
+    """A store with samples {U: value written into a 2x2 image, or None for a failed sample}."""
+    store = Store.create(path, {"sweep": path.stem})
+    for u, value in samples.items():
+        params = {"hubbard_u_ev": u}
+        if value is None:
+            store.write_sample(sample_key(params), params, {}, status="failed", error="no convergence")
+        else:
+            arrays = {"ft_image": np.full((2, 2), value), "kx_nm": np.arange(2.0), "ky_nm": np.arange(2.0)}
+            store.write_sample(sample_key(params), params, arrays, results={"source": path.stem})
+    store.commit()
+    store.close()
+    return path
+
+
+def test_merge_stores_keeps_or_replaces(tmp_path):
+    from moirestm.dataset.store import merge_stores
+
+    a = _manual_store(tmp_path / "a.h5", {1.0: 1.0, 2.0: None, 3.0: 3.0})
+    b = _manual_store(tmp_path / "b.h5", {2.0: 20.0, 3.0: 30.0, 4.0: 40.0})
+    before = {p.name: p.read_bytes() for p in (a, b)}
+    kept = merge_stores(tmp_path / "kept.h5", [a, b])
+    assert (kept["copied"], kept["skipped"]) == (4, 2)
+    replaced = merge_stores(tmp_path / "new.h5", [a, b], replace=True)
+    assert (replaced["copied"], replaced["skipped"]) == (6, 0)
+    key = {u: sample_key({"hubbard_u_ev": u}) for u in (1.0, 2.0, 3.0, 4.0)}
+    with Store.open(tmp_path / "kept.h5") as s:
+        assert s.status(key[2.0]) == "failed" and s.image(key[3.0])[0, 0] == 3.0 and s.check() == []
+        assert "merged_from" in s.sweep_params
+    with Store.open(tmp_path / "new.h5") as s:
+        assert s.image(key[2.0])[0, 0] == 20.0 and s.image(key[3.0])[0, 0] == 30.0
+        assert s.image(key[1.0])[0, 0] == 1.0 and s.results(key[4.0]) == {"source": "b"} and s.check() == []
+    assert {p.name: p.read_bytes() for p in (a, b)} == before  # sources untouched
+    with pytest.raises(MoireSTMError, match="source store not found"):
+        merge_stores(tmp_path / "x.h5", [tmp_path / "missing.h5"])
+    with pytest.raises(MoireSTMError, match="is the output store"):
+        merge_stores(a, [a])
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(MoireSTMError, match="not a dataset store"):
+        merge_stores(tmp_path / "y.h5", [tmp_path / "junk.h5"])
+
+
 # --------------------------------------------------------------------------- real pipeline
 def test_meanfield_engine_small_sweep(tmp_path):
     pytest.importorskip("moirestm.meanfield")

@@ -80,6 +80,20 @@ def dataset_check(path: Path = typer.Argument(..., help="dataset store")):
     console.print(f"{path}: ok")
 
 
+@dataset_app.command("merge")
+@friendly
+def dataset_merge(
+    out: Path = typer.Argument(..., help="store to merge into (created when missing)"),
+    sources: list[Path] = typer.Argument(..., help="stores to copy samples from, in order"),
+    replace: bool = typer.Option(False, help="later sources replace samples already present"),
+):
+    """Merge stores (e.g. sweeps run on several machines, or chains recomputed later) into one."""
+    from ..dataset.store import merge_stores
+
+    counts = merge_stores(out, sources, replace=replace)
+    console.print(f"{counts['copied']} samples copied, {counts['skipped']} already present -> {out}")
+
+
 @dataset_app.command("export")
 @friendly
 def dataset_export(

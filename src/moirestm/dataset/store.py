@@ -517,3 +517,56 @@ class Store:
                 if p.suffix == ".damaged":
                     problems.append(f"damaged journal entry {p.name} (left for inspection)")
         return problems
+
+
+def merge_stores(out, sources, replace: bool = False) -> dict:
+    """Copy the samples of ``sources`` (store paths, in order) into the store ``out``.
+
+    ``out`` is created when missing (recording the sources). A key already in ``out`` is kept,
+    unless ``replace``: then later sources win (e.g. chains recomputed with a newer solver replace
+    the old ones). Sources are only read; ``out`` is written through its journal and merged
+    atomically once, so an interrupted merge leaves it as it was or complete.
+
+    Returns
+    -------
+    dict : ``{"copied": n, "skipped": n, "sources": [...]}``.
+    """
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise MoireSTMError("merge needs at least one source store")
+    out = Path(out)
+    for src in sources:
+        if not src.is_file():
+            raise MoireSTMError(f"source store not found: {src}")
+        if src.resolve() == out.resolve():
+            raise MoireSTMError(f"{src} is the output store; give it only as OUT")
+        kind = _store_kind(src)
+        if kind != STORE_KIND:
+            raise MoireSTMError(f"{src} is not a dataset store ({kind or 'not a moirestm file'})")
+    if out.exists():
+        dest = Store.open(out, "a")
+    else:
+        first = Store.open(sources[0])
+        params = dict(first.sweep_params)
+        first.close()
+        dest = Store.create(out, {**params, "merged_from": [str(s) for s in sources]})
+    copied = skipped = 0
+    try:
+        present = set(dest.keys(None))
+        for src_path in sources:
+            with Store.open(src_path) as src:
+                for key in src.keys(None):
+                    if key in present and not replace:
+                        skipped += 1
+                        continue
+                    status = src.status(key)
+                    dest.write_sample(key, src.params(key), src.arrays(key), status=status,
+                                      error=src.error(key), results=src.results(key))
+                    present.add(key)
+                    copied += 1
+        dest.add_history("merge", sources=[str(s) for s in sources], replace=bool(replace), copied=copied,
+                         skipped=skipped)
+        dest.commit()
+    finally:
+        dest.close()
+    return {"copied": copied, "skipped": skipped, "sources": [str(s) for s in sources]}
