@@ -24,7 +24,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--deadline-min", type=float, default=60.0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--train-minutes", type=float, default=2.0, help="budget of each training run")
+    parser.add_argument("--train-minutes", type=float, default=10.0, help="budget of each training run")
+    parser.add_argument("--epochs", type=int, default=300, help="maximum epochs of each training run")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--store", type=Path, default=None,
                         help="use this finished store (e.g. from `moirestm sweep run standard`) instead of computing one")
@@ -98,13 +99,21 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
             results["stages"][name] = "skipped: deadline"
             continue
         t = time.perf_counter()
+        epochs = 4 if args.quick else args.epochs
         run = train(store, out=args.out / name, overwrite=True, progress=False, seed=0, device=args.device,
-                    max_minutes=budget, epochs=4 if args.quick else 80, **kw)
+                    max_minutes=budget, epochs=epochs, patience=max(epochs // 5, 2),
+                    min_epochs=max(epochs // 5, 2), **kw)
+        wall = time.perf_counter() - t
         metrics = evaluate(run, plots=True)
         u = metrics["targets"]["hubbard_u_ev"]
+        worst = sorted(u["per_value"], key=lambda r: -r["mae"])[:5]
         results["stages"][name] = {"mae_ev": u["mae"], "rmse_ev": u["rmse"], "r2": u["r2"], "n_test": u["n"],
-                                   "coverage": u["coverage"], "best": run.best, "wall_s": time.perf_counter() - t,
-                                   "budget_min": budget}
+                                   "coverage": u["coverage"], "best": run.best, "wall_s": wall,
+                                   "budget_min": budget, "worst_u": [(r["value"], r["mae"]) for r in worst]}
+        if kw.get("augment") == "noisy":  # also score on held-out images corrupted the same way
+            corrupted = evaluate(run, plots=True, corrupt="noisy")["targets"]["hubbard_u_ev"]
+            results["stages"][name]["noisy_test"] = {"mae_ev": corrupted["mae"], "rmse_ev": corrupted["rmse"],
+                                                     "r2": corrupted["r2"]}
         save()
     if left_min() > 0.5 and (args.out / "cnn-group" / "checkpoint.pt").exists():
         from moirestm.learn import Run
