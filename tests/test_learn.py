@@ -114,6 +114,12 @@ def test_per_pixel_standardisation(store):
         Normalizer.fit(imgs, y, ["hubbard_u_ev"], None, standardise="minmax")
 
 
+def test_bad_standardise_refused_before_writing(store_path, tmp_path):
+    with pytest.raises(MoireSTMError, match="standardise must be one of"):
+        train(store_path, out=tmp_path / "run", progress=False, standardise="minmax", epochs=1)
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_saves_train_only_normalisation(trained, store):
     u_train = targets_of(store, trained.split.train, ["hubbard_u_ev"])[:, 0]
     assert trained.normalizer.target_mean[0] == pytest.approx(u_train.mean())

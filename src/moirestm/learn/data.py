@@ -188,6 +188,13 @@ STANDARDISE = ("global", "pixel")
 PIXEL_STD_FLOOR = 0.1
 
 
+def check_standardise(value: str) -> str:
+    """Validate a ``Normalizer`` standardisation name (see ``STANDARDISE``)."""
+    if value not in STANDARDISE:
+        raise MoireSTMError(f"standardise must be one of {', '.join(STANDARDISE)}, got {value!r}")
+    return value
+
+
 @dataclass
 class Normalizer:
     """Image and target normalisation, fitted on the training split only.
@@ -215,8 +222,7 @@ class Normalizer:
     @classmethod
     def fit(cls, images: Sequence[np.ndarray], targets: np.ndarray, target_names: Sequence[str],
             input_size: int | None, standardise: str = "global") -> "Normalizer":
-        if standardise not in STANDARDISE:
-            raise MoireSTMError(f"standardise must be one of {', '.join(STANDARDISE)}, got {standardise!r}")
+        check_standardise(standardise)
         images = list(images)
         if not images:
             raise MoireSTMError("cannot fit a normalisation on an empty training split")

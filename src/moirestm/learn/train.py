@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from .. import __version__
 from ..errors import MoireSTMError
 from .augment import Augmenter, get_preset
-from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, make_split, open_store,
-                   store_path, targets_of)
+from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, check_standardise, make_split,
+                   open_store, store_path, targets_of)
 from .models import DEFAULT_INPUT_SIZE, MODELS, build_model, count_parameters
 from .predict import MC_SAMPLES, calibrated_sigma, fit_calibration, mc_dropout
 
@@ -254,6 +254,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
         raise MoireSTMError("epochs and batch_size must be positive")
     if cfg.loss not in LOSSES:
         raise MoireSTMError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
+    check_standardise(cfg.standardise)  # before anything is written to ``out``
     get_preset(cfg.augment, cfg.augment_space)  # validate early
     device = training_device(cfg.device)
     st = open_store(store)
