@@ -232,7 +232,7 @@ def attribute(run: Any, store: Any = None, samples: str | Sequence[str] | None =
             params = st.params(key)
             regions = regions_for_sample(st, key, shape=tuple(x.shape[-2:]), **(region_options or {}))
             m = {name: arr[i] for name, arr in maps.items()}
-            display = norm._features(norm.check(raw[i]))
+            display = norm.features(norm.check(raw[i]))
             att = Attribution(key, params, float(params.get(target, np.nan)), float(pred[i]), display, m, regions)
             att.shares = {name: regions.shares(a) for name, a in m.items()}
             results.append(att)

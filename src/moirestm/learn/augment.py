@@ -17,9 +17,16 @@ Two ways to apply the artifacts:
     least-squares scale match.  With no artifact the stored image is returned unchanged.
 
 Lattice symmetries (rotations by multiples of 60° and the mirror ``k_x -> -k_x``) are
-applied last, in reciprocal space, in physical ``k`` coordinates (the FT window has
-different ``k_x`` and ``k_y`` extents).  They preserve U: a rotated sample, or the mirror
-image (twist angle ``-theta``), has the same energetics.
+applied in reciprocal space, in physical ``k`` coordinates (the FT window has different
+``k_x`` and ``k_y`` extents).  They preserve U: a rotated sample, or the mirror image
+(twist angle ``-theta``), has the same energetics.  In ``space="ft"`` the symmetry operation
+and the strain are one resampling, done first, so the scan artifacts (scan lines, tip
+orientation) stay in the frame of the scan while the lattice orientation is random, as in
+an experiment; in ``space="real"`` the symmetry is applied last.
+
+The FT-space path works on whole batches in torch (:meth:`Augmenter.batch`), which keeps
+augmented training nearly as fast as clean training; per-sample draws still depend only on
+each sample's own generator.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from ..constants import FT_WINDOW_FRACTION, GRAPHENE_LATTICE_NM
@@ -108,7 +117,7 @@ def default_k_axes(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(-hx, hx, nx, endpoint=False), np.linspace(-hy, hy, ny, endpoint=False)
 
 
-def _axes(sample, shape) -> tuple[np.ndarray, np.ndarray]:
+def sample_k_axes(sample, shape) -> tuple[np.ndarray, np.ndarray]:
     kx = sample.get("kx_nm") if sample is not None else None
     ky = sample.get("ky_nm") if sample is not None else None
     if kx is None or ky is None or len(kx) != shape[1] or len(ky) != shape[0]:
@@ -123,20 +132,32 @@ def k_transform(image: np.ndarray, m_xy: np.ndarray, kx: np.ndarray, ky: np.ndar
     Points whose source lies outside the window take ``fill`` (default: the input image,
     a good stand-in for the nearly C6-symmetric FT patterns).
     """
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
+    base = None if fill is None else torch.as_tensor(np.asarray(fill, dtype=np.float32))[None]
+    return resample_k(x, np.linalg.inv(m_xy)[None], kx, ky, fill=base)[0].numpy()
+
+
+def resample_k(images: torch.Tensor, minv: np.ndarray, kx: np.ndarray, ky: np.ndarray,
+               fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Bilinear ``out_b(k) = image_b(minv_b k)`` for a batch ``(B, ny, nx)`` on one (kx, ky) grid.
+
+    ``minv`` is ``(B, 2, 2)``, acting on ``(k_x, k_y)``.  Points whose source lies outside the
+    window take ``fill`` (default: the input images).
+    """
+    b, ny, nx = images.shape
+    kx, ky = np.asarray(kx, np.float64), np.asarray(ky, np.float64)
     dkx, dky = kx[1] - kx[0], ky[1] - ky[0]
-    minv = np.linalg.inv(m_xy)
-    ny, nx = image.shape
-    jj, ii = np.meshgrid(np.arange(nx), np.arange(ny))
-    kxs, kys = kx[0] + jj * dkx, ky[0] + ii * dky
-    sx = minv[0, 0] * kxs + minv[0, 1] * kys
-    sy = minv[1, 0] * kxs + minv[1, 1] * kys
+    kxs, kys = np.meshgrid(kx, ky)  # (ny, nx)
+    minv = np.asarray(minv, np.float64).reshape(b, 2, 2)
+    sx = minv[:, 0, 0, None, None] * kxs + minv[:, 0, 1, None, None] * kys
+    sy = minv[:, 1, 0, None, None] * kxs + minv[:, 1, 1, None, None] * kys
     fi, fj = (sy - ky[0]) / dky, (sx - kx[0]) / dkx
     eps = 1e-6
-    inside = (fi >= -eps) & (fi <= ny - 1 + eps) & (fj >= -eps) & (fj <= nx - 1 + eps)
-    out = ndimage.map_coordinates(image, [np.clip(fi, 0, ny - 1), np.clip(fj, 0, nx - 1)], order=1,
-                                  mode="nearest")
-    base = image if fill is None else fill
-    return np.where(inside, out, base).astype(np.float32)
+    inside = torch.from_numpy((fi >= -eps) & (fi <= ny - 1 + eps) & (fj >= -eps) & (fj <= nx - 1 + eps))
+    grid = np.stack([2 * np.clip(fj, 0, nx - 1) / (nx - 1) - 1, 2 * np.clip(fi, 0, ny - 1) / (ny - 1) - 1], -1)
+    out = F.grid_sample(images[:, None], torch.from_numpy(grid.astype(np.float32)), mode="bilinear",
+                        padding_mode="border", align_corners=True)[:, 0]
+    return torch.where(inside, out, images if fill is None else fill)
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -166,11 +187,6 @@ def _tip_covariance(rng, cfg: AugmentConfig) -> np.ndarray:
     return r @ np.diag([major ** 2, minor ** 2]) @ r.T
 
 
-def _complex_noise(rng, sigma: float, shape) -> tuple[np.ndarray, np.ndarray]:
-    s = sigma / math.sqrt(2)
-    return rng.normal(0, s, shape), rng.normal(0, s, shape)
-
-
 class Augmenter:
     """Callable ``augment(image, rng, sample) -> image`` for :class:`moirestm.learn.data.ImageDataset`.
 
@@ -185,6 +201,11 @@ class Augmenter:
         self._clean_ft: dict = {}
 
     @property
+    def batched(self) -> bool:
+        """Whether :meth:`batch` can augment whole batches (the FT-space path)."""
+        return self.config.space == "ft"
+
+    @property
     def is_identity(self) -> bool:
         c = self.config
         return not c.symmetry and not any([c.gain, c.drift, c.offset, c.noise, c.scanline, c.blur_nm, c.strain])
@@ -193,11 +214,11 @@ class Augmenter:
         cfg = self.config
         if self.is_identity:
             return image
-        kx, ky = _axes(sample, image.shape)
-        if cfg.space == "real":
-            out = self._real_space(image, rng, sample, kx, ky)
-        else:
-            out = self._ft_space(image, rng, kx, ky)
+        kx, ky = sample_k_axes(sample, image.shape)
+        if cfg.space == "ft":
+            x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
+            return self.batch(x, [rng], kx, ky)[0].numpy()
+        out = self._real_space(image, rng, sample, kx, ky)
         if cfg.symmetry:
             rot, mir = int(rng.integers(6)), bool(rng.integers(2))
             if rot or mir:
@@ -207,31 +228,72 @@ class Augmenter:
     def _apply(self, rng) -> bool:
         return rng.uniform() < self.config.p
 
-    # ------------------------------------------------------------ FT-space artifacts
-    def _ft_space(self, image, rng, kx, ky) -> np.ndarray:
+    # ------------------------------------------------------------ FT-space artifacts, batched
+    def batch(self, images: torch.Tensor, rngs, kx: np.ndarray, ky: np.ndarray) -> torch.Tensor:
+        """FT-space artifacts and symmetries on a batch ``(B, ny, nx)`` (float32) sharing one k grid.
+
+        ``rngs`` holds one generator per image; image ``b``'s draws use ``rngs[b]`` only, so the
+        result for an image does not depend on the rest of the batch.
+        """
         cfg = self.config
-        out = image.astype(np.float64)
-        mean = float(out.mean())
-        if cfg.strain and self._apply(rng):
-            e = strain_tensor(rng.uniform(-cfg.strain, cfg.strain), rng.uniform(0, math.pi))
-            out = k_transform(out, np.linalg.inv(np.eye(2) + e).T, kx, ky).astype(np.float64)
-        if cfg.blur_nm and self._apply(rng):
-            cov = _tip_covariance(rng, cfg)
-            kxx, kyy = np.meshgrid(kx, ky)
-            quad = cov[0, 0] * kxx ** 2 + 2 * cov[0, 1] * kxx * kyy + cov[1, 1] * kyy ** 2
-            out = out * np.exp(-0.5 * quad)
-        if cfg.gain and self._apply(rng):
-            out = out * math.exp(rng.normal(0, cfg.gain))
+        if cfg.space != "ft":
+            raise MoireSTMError("batched augmentation is only available for space='ft'")
+        x = images.to(torch.float32)
+        if self.is_identity:
+            return x
+        b, ny, nx = x.shape
+        draws = [self._ft_draws(rng, ny, nx) for rng in rngs]
+        mean = x.mean(dim=(1, 2))
+        moved = [i for i, d in enumerate(draws) if d["minv"] is not None]
+        if moved:
+            x = x.clone()
+            x[moved] = resample_k(x[moved], np.stack([draws[i]["minv"] for i in moved]), kx, ky)
+        if any(d["cov"] is not None for d in draws):
+            cov = torch.from_numpy(np.stack([np.zeros((2, 2)) if d["cov"] is None else d["cov"] for d in draws]))
+            kxx, kyy = (torch.from_numpy(a) for a in np.meshgrid(np.asarray(kx, float), np.asarray(ky, float)))
+            quad = (cov[:, 0, 0, None, None] * kxx ** 2 + 2 * cov[:, 0, 1, None, None] * kxx * kyy
+                    + cov[:, 1, 1, None, None] * kyy ** 2)
+            x = x * torch.exp(-0.5 * quad).to(torch.float32)
+        x = x * torch.tensor([d["gain"] for d in draws], dtype=torch.float32)[:, None, None]
         j0, i0 = int(np.argmin(np.abs(kx))), int(np.argmin(np.abs(ky)))
-        if cfg.offset and self._apply(rng):
-            out[i0, j0] = abs(out[i0, j0] + rng.normal(0, cfg.offset) * out.max())
-        if cfg.noise and self._apply(rng):
-            nr, ni = _complex_noise(rng, cfg.noise * mean, out.shape)
-            out = np.hypot(out + nr, ni)
-        if cfg.scanline and self._apply(rng):
-            nr, ni = _complex_noise(rng, cfg.scanline * mean * math.sqrt(out.shape[1]), out.shape[0])
-            out[:, j0] = np.hypot(out[:, j0] + nr, ni)
-        return out
+        offset = torch.tensor([d["offset"] for d in draws], dtype=torch.float32)
+        if torch.any(offset != 0):
+            peak = x.amax(dim=(1, 2))
+            x = x.clone()
+            x[:, i0, j0] = torch.abs(x[:, i0, j0] + offset * peak)
+        scale = (cfg.noise * mean).numpy()
+        noisy = [i for i, d in enumerate(draws) if d["noise"] is not None]
+        if noisy:
+            field = torch.from_numpy(np.stack([draws[i]["noise"] * scale[i] for i in noisy]))
+            x = x.clone()
+            x[noisy] = torch.hypot(x[noisy] + field[:, 0], field[:, 1])
+        lined = [i for i, d in enumerate(draws) if d["scanline"] is not None]
+        if lined:
+            s_line = (cfg.scanline * mean * math.sqrt(nx)).numpy()
+            field = torch.from_numpy(np.stack([draws[i]["scanline"] * s_line[i] for i in lined]))
+            col = x[lined, :, j0]
+            x = x.clone()
+            x[lined, :, j0] = torch.hypot(col + field[:, 0], field[:, 1])
+        return torch.clamp(x, min=0)
+
+    def _ft_draws(self, rng: np.random.Generator, ny: int, nx: int) -> dict:
+        """One sample's random draws for the FT-space path (``None`` where an artifact is off)."""
+        cfg = self.config
+        m = np.eye(2)
+        if cfg.strain and self._apply(rng):
+            m = np.linalg.inv(np.eye(2) + strain_tensor(rng.uniform(-cfg.strain, cfg.strain),
+                                                        rng.uniform(0, math.pi))).T
+        if cfg.symmetry:
+            m = symmetry_matrix(int(rng.integers(6)), bool(rng.integers(2))) @ m
+        cov = _tip_covariance(rng, cfg) if cfg.blur_nm and self._apply(rng) else None
+        gain = math.exp(rng.normal(0, cfg.gain)) if cfg.gain and self._apply(rng) else 1.0
+        offset = rng.normal(0, cfg.offset) if cfg.offset and self._apply(rng) else 0.0
+        noise = (rng.standard_normal((2, ny, nx), dtype=np.float32) / math.sqrt(2)
+                 if cfg.noise and self._apply(rng) else None)
+        line = (rng.standard_normal((2, ny), dtype=np.float32) / math.sqrt(2)
+                if cfg.scanline and self._apply(rng) else None)
+        minv = None if np.allclose(m, np.eye(2)) else np.linalg.inv(m)
+        return {"minv": minv, "cov": cov, "gain": gain, "offset": offset, "noise": noise, "scanline": line}
 
     # ------------------------------------------------------------ real-space artifacts
     def _real_space(self, image, rng, sample, kx, ky) -> np.ndarray:

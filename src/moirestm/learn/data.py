@@ -174,14 +174,6 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
 
 
 # --------------------------------------------------------------------------- normalisation
-def downsample(image: np.ndarray, size: int | None) -> np.ndarray:
-    """Area-average an image to ``size`` x ``size`` (integrated peak intensity is kept)."""
-    if size is None or image.shape == (size, size):
-        return np.asarray(image, dtype=np.float32)
-    t = torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
-
-
 #: ``Normalizer`` image standardisations: one global std, or per pixel.
 STANDARDISE = ("global", "pixel")
 #: Floor of the per-pixel std, as a fraction of the global std.
@@ -235,7 +227,8 @@ class Normalizer:
             if not np.isfinite(scale) or scale <= 0:
                 raise MoireSTMError("training images have a non-positive mean intensity; cannot normalise")
         probe = cls(shape, input_size, scale, np.zeros(1, np.float32), 1.0, [], np.zeros(1), np.ones(1), log_input)
-        logs = np.stack([probe._features(im) for im in images])
+        logs = np.concatenate([probe._features(torch.from_numpy(np.stack(images[i:i + 256]).astype(np.float32))).numpy()
+                               for i in range(0, len(images), 256)])[:, 0]
         mean = logs.mean(axis=0)
         std = float((logs - mean).std()) or 1.0
         if standardise == "pixel":
@@ -265,12 +258,23 @@ class Normalizer:
 
     def transform(self, image: np.ndarray) -> np.ndarray:
         """Raw image (H, W) -> normalised model input (1, h, w) float32."""
-        x = self._features(image)
-        return ((x - self.pixel_mean) / self.pixel_std)[None].astype(np.float32)
+        return self.transform_batch(torch.from_numpy(np.asarray(image, dtype=np.float32))[None])[0].numpy()
 
-    def _features(self, image: np.ndarray) -> np.ndarray:
-        x = downsample(image, self.input_size)
-        return x if self.log_input else np.log1p(x / self.scale)
+    def transform_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw images ``(B, H, W)`` -> normalised model inputs ``(B, 1, h, w)`` float32."""
+        mean = torch.from_numpy(np.asarray(self.pixel_mean, dtype=np.float32))
+        std = torch.as_tensor(np.asarray(self.pixel_std, dtype=np.float32))
+        return (self._features(images) - mean) / std
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """Down-sampled, log-scaled image ``(h, w)`` before standardisation (for display)."""
+        return self._features(torch.from_numpy(np.asarray(image, dtype=np.float32))[None])[0, 0].numpy()
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(torch.float32)[:, None]
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
+            x = F.adaptive_avg_pool2d(x, self.input_size)
+        return x if self.log_input else torch.log1p(x / self.scale)
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -327,6 +331,7 @@ class ImageDataset(Dataset):
         self.epoch = 0
         self.cache = cache
         self._images: dict[int, np.ndarray] = {}
+        self._inputs: torch.Tensor | None = None
         self._targets = normalizer.encode_targets(targets_of(store, self.keys, normalizer.target_names))
 
     def __len__(self) -> int:
@@ -349,6 +354,37 @@ class ImageDataset(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, i])
             image = self.augment(image, rng, SampleArrays(self.store, self.keys[i]))
         return torch.from_numpy(self.normalizer.transform(image)), torch.from_numpy(self._targets[i])
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``(B, 1, h, w)`` and targets ``(B, n_targets)`` of ``indices``, equal to stacking ``self[i]``.
+
+        Without augmentation the normalised inputs are computed once and kept (with ``cache``);
+        an augmenter with a batched path (``batched``, e.g. FT-space presets) runs once per batch.
+        """
+        idx = [int(i) for i in indices]
+        y = torch.from_numpy(self._targets[idx])
+        if self.augment is None:
+            if not self.cache:
+                return self.normalizer.transform_batch(torch.from_numpy(np.stack([self.raw(i) for i in idx]))), y
+            if self._inputs is None:
+                self._inputs = torch.cat([self.normalizer.transform_batch(torch.from_numpy(
+                    np.stack([self.raw(i) for i in range(j, min(j + 256, len(self)))])))
+                    for j in range(0, len(self), 256)])
+            return self._inputs[idx], y
+        if not getattr(self.augment, "batched", False):
+            return torch.stack([self[i][0] for i in idx]), y
+        from .augment import sample_k_axes
+
+        out = torch.empty((len(idx), 1, *self.normalizer.input_shape), dtype=torch.float32)
+        groups: dict = {}
+        for pos, i in enumerate(idx):  # images on the same k grid are augmented together
+            kx, ky = sample_k_axes(SampleArrays(self.store, self.keys[i]), self.raw(i).shape)
+            groups.setdefault((len(kx), len(ky), kx[0], kx[-1], ky[0], ky[-1]), (kx, ky, []))[2].append(pos)
+        for kx, ky, members in groups.values():
+            raws = torch.from_numpy(np.stack([self.raw(idx[p]) for p in members]))
+            rngs = [np.random.default_rng([self.seed, self.epoch, idx[p]]) for p in members]
+            out[members] = self.normalizer.transform_batch(self.augment.batch(raws, rngs, kx, ky))
+        return out, y
 
 
 class SampleArrays:
@@ -374,4 +410,4 @@ def batch_inputs(normalizer: Normalizer, images: Sequence[np.ndarray]) -> torch.
 
 
 __all__ = ["open_store", "read_array", "targets_of", "Split", "make_split", "Normalizer", "ImageDataset",
-           "SampleArrays", "batch_inputs", "downsample", "DEFAULT_TARGET", "SPLITS"]
+           "SampleArrays", "batch_inputs", "DEFAULT_TARGET", "SPLITS"]

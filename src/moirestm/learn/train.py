@@ -2,7 +2,7 @@
 
 A run directory holds ``checkpoint.pt`` (best weights + everything needed to use them:
 model config, normalisation, split, training config, MC-dropout calibration, package
-version), ``last.pt`` (optimiser/scheduler state for ``resume``), ``run.json`` (a
+version), ``last.pt`` (optimiser state and schedule for ``resume``), ``run.json`` (a
 readable summary and the training history) and ``split.json``.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..errors import MoireSTMError
@@ -33,6 +33,10 @@ CHECKPOINT = "checkpoint.pt"
 LAST = "last.pt"
 #: Training losses on standardised targets: "l1" optimises the reported MAE directly, "huber" (delta =
 #: 0.1 target std) is quadratic for small and linear for large errors, "mse" weights outliers most.
+#: Final learning rate of the cosine schedule, as a fraction of the initial one.
+LR_FLOOR = 0.01
+#: Fraction of the time left after the second epoch that the fitted cosine schedule plans to use.
+BUDGET_MARGIN = 0.95
 LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
           "huber": lambda pred, y: torch.nn.functional.huber_loss(pred, y, delta=0.1)}
 
@@ -202,7 +206,8 @@ def predict_standardised(model: torch.nn.Module, dataset: ImageDataset, batch_si
     """Deterministic predictions and targets (standardised) over a dataset."""
     model.eval()
     xs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for first in range(0, len(dataset), batch_size):
+        x, y = dataset.batch(range(first, min(first + batch_size, len(dataset))))
         xs.append(model(x.to(device)).cpu().numpy())
         ys.append(y.numpy())
     return np.concatenate(xs), np.concatenate(ys)
@@ -302,17 +307,14 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     val_ds = ImageDataset(st, split_obj.val, normalizer)
     net = build_model(model_config).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.01)
     start_epoch, history, best = 0, [], {"score": float("inf"), "epoch": -1}
     best_state = copy.deepcopy(net.state_dict())
-    bad_epochs, elapsed_before = 0, 0.0
+    bad_epochs, elapsed_before, schedule_epochs = 0, 0.0, cfg.epochs
     if resume_state is not None:
         load_strict(net, resume_state["state_dict"], where=str(out / LAST))
         opt.load_state_dict(resume_state["optimizer"])
-        if resume_state["config"]["epochs"] == cfg.epochs:
-            sched.load_state_dict(resume_state["scheduler"])
-        else:  # a longer (or shorter) run: continue on the cosine of the new length
-            sched.last_epoch = resume_state["epoch"] + 1
+        if resume_state["config"]["epochs"] == cfg.epochs:  # else: continue on the cosine of the new length
+            schedule_epochs = resume_state.get("schedule_epochs", cfg.epochs)
         start_epoch = resume_state["epoch"] + 1
         history, best, bad_epochs = resume_state["history"], resume_state["best"], resume_state["bad_epochs"]
         best_state = resume_state["best_state"]
@@ -320,6 +322,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
 
     t0 = time.perf_counter()
     budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0 - elapsed_before
+    has_batchnorm = any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     stopped = "epochs"
     bar = _progress(progress)
     with bar:
@@ -328,14 +331,19 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
             if bad_epochs >= cfg.patience:
                 stopped = "early stopping"
                 break
+            t_epoch = time.perf_counter()
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, epoch, schedule_epochs)
             train_ds.set_epoch(epoch)
             torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout masks: a function of (seed, epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds)).tolist()
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds))
             net.train()
             losses, timed_out = [], False
-            for x, y in DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, drop_last=False):
-                if len(x) < 2 and any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()):
+            for first in range(0, len(order), cfg.batch_size):
+                batch = order[first:first + cfg.batch_size]
+                if len(batch) < 2 and has_batchnorm:
                     continue  # batch norm needs >1 sample
+                x, y = train_ds.batch(batch)
                 opt.zero_grad(set_to_none=True)
                 loss = LOSSES[cfg.loss](net(x.to(device)), y.to(device))
                 loss.backward()
@@ -344,7 +352,6 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                 if budget is not None and time.perf_counter() - t0 > budget:
                     timed_out = True
                     break
-            sched.step()
             pred, true = predict_standardised(net, val_ds, device=device)
             mae = np.mean(np.abs(pred - true), axis=0)  # per target, in units of the target std
             score = float(np.mean(mae))
@@ -359,15 +366,22 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                 bad_epochs = 0
             elif epoch >= cfg.min_epochs:
                 bad_epochs += 1
+            if budget is not None and epoch == start_epoch + 1 and not timed_out:
+                # fit the cosine into the time budget, from the second epoch's cost (the first reads the data)
+                left, per_epoch = budget - (time.perf_counter() - t0), time.perf_counter() - t_epoch
+                schedule_epochs = min(cfg.epochs, epoch + 1 + int(BUDGET_MARGIN * left / per_epoch))
             _atomic_save({"config": cfg.to_dict(), "split": split_obj.to_dict(), "normalizer": normalizer.state(),
                           "model_config": model_config, "state_dict": net.state_dict(),
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "history": history, "best": best,
-                          "bad_epochs": bad_epochs, "best_state": best_state,
+                          "optimizer": opt.state_dict(), "epoch": epoch, "schedule_epochs": schedule_epochs,
+                          "history": history, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
                           "elapsed_s": elapsed_before + time.perf_counter() - t0}, out / LAST)
             bar.update(task, advance=1, info=f"val MAE {mae_phys[0]:.4g} (best {best['val_mae'][0]:.4g} "
                                              f"@ {best['epoch']})")
             if timed_out:
                 stopped = "time budget"
+                break
+            if epoch + 1 >= schedule_epochs < cfg.epochs:
+                stopped = "schedule fitted to the time budget"
                 break
         else:
             if bad_epochs >= cfg.patience:
@@ -377,7 +391,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
         raise MoireSTMError("training stopped before the first epoch finished (time budget too small?)")
     net.cpu()
     load_strict(net, best_state, where="best state")
-    best = {**best, "stopped": stopped, "n_parameters": count_parameters(net)}
+    best = {**best, "stopped": stopped, "schedule_epochs": schedule_epochs, "n_parameters": count_parameters(net)}
     run = Run(out, net, model_config, normalizer, split_obj, cfg.to_dict(), history, None,
               str(Path(store_path(st)).resolve()) if store_path(st) else None,
               __version__, best)
@@ -387,10 +401,16 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     return run
 
 
+def cosine_lr(lr: float, epoch: int, length: int) -> float:
+    """Cosine learning-rate schedule from ``lr`` (epoch 0) to ``LR_FLOOR * lr`` (epoch ``length``)."""
+    progress = min(epoch, length) / max(length, 1)
+    return lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def calibrate(run: Run, val_ds: ImageDataset) -> dict:
     """Fit the MC-dropout variance calibration on the validation set."""
-    x = torch.stack([val_ds[i][0] for i in range(len(val_ds))])
-    y = run.normalizer.decode_targets(np.stack([val_ds[i][1].numpy() for i in range(len(val_ds))]))
+    x, y = val_ds.batch(range(len(val_ds)))
+    y = run.normalizer.decode_targets(y.numpy())
     point, sd = mc_dropout(run.model, x, n_samples=run.config.get("mc_samples", MC_SAMPLES))
     mean = run.normalizer.decode_targets(point)
     cal = fit_calibration(mean - y, sd * run.normalizer.target_std)
