@@ -319,6 +319,36 @@ def test_dataset_is_lazy(store):
     assert not torch.equal(ds[0][0], x)
 
 
+def test_batched_augmentation_matches_per_image(store):
+    sp = make_split(store, "group")
+    norm = Normalizer.fit([store.image(k) for k in sp.train], targets_of(store, sp.train, ["hubbard_u_ev"]),
+                          ["hubbard_u_ev"], None)
+    ds = ImageDataset(store, sp.train, norm, augment=Augmenter("noisy"), seed=4)
+    ds.set_epoch(3)
+    idx = [5, 0, 7, 2]
+    x, y = ds.batch(idx)
+    single = torch.stack([ds[i][0] for i in idx])
+    np.testing.assert_allclose(x.numpy(), single.numpy(), rtol=1e-5, atol=1e-5)  # draws do not depend on the batch
+    assert torch.equal(y, torch.stack([ds[i][1] for i in idx]))
+    clean = ImageDataset(store, sp.train, norm)
+    np.testing.assert_allclose(clean.batch(idx)[0].numpy(), torch.stack([clean[i][0] for i in idx]).numpy(),
+                               rtol=1e-6, atol=1e-6)
+    assert not np.allclose(x.numpy(), clean.batch(idx)[0].numpy())
+
+
+def test_cosine_schedule_fits_the_time_budget(store_path, tmp_path):
+    from moirestm.learn.train import LR_FLOOR, cosine_lr
+
+    assert cosine_lr(1.0, 0, 10) == 1.0 and cosine_lr(1.0, 10, 10) == pytest.approx(LR_FLOOR)
+    assert cosine_lr(1.0, 5, 10) == pytest.approx(0.5 * (1 + LR_FLOOR))
+    run = train(store_path, model="mlp", split="group", out=tmp_path / "fit", progress=False, seed=0,
+                **{**FAST, "epochs": 100000, "patience": 100000, "max_minutes": 0.05})
+    assert run.best["schedule_epochs"] < 100000  # the schedule was fitted to the 3-second budget
+    assert run.best["stopped"] in ("schedule fitted to the time budget", "time budget")
+    if run.best["stopped"] == "schedule fitted to the time budget":  # the learning rate was annealed
+        assert len(run.history) == run.best["schedule_epochs"] and run.history[-1]["lr"] < 0.05 * FAST["lr"]
+
+
 # ------------------------------------------------------------------ baselines and CLI
 def test_baselines_on_same_split(trained, store_path):
     result = run_baselines(store_path, split=trained.split)

@@ -147,16 +147,14 @@ def resample_k(images: torch.Tensor, minv: np.ndarray, kx: np.ndarray, ky: np.nd
     b, ny, nx = images.shape
     kx, ky = np.asarray(kx, np.float64), np.asarray(ky, np.float64)
     dkx, dky = kx[1] - kx[0], ky[1] - ky[0]
-    kxs, kys = np.meshgrid(kx, ky)  # (ny, nx)
-    minv = np.asarray(minv, np.float64).reshape(b, 2, 2)
-    sx = minv[:, 0, 0, None, None] * kxs + minv[:, 0, 1, None, None] * kys
-    sy = minv[:, 1, 0, None, None] * kxs + minv[:, 1, 1, None, None] * kys
-    fi, fj = (sy - ky[0]) / dky, (sx - kx[0]) / dkx
-    eps = 1e-6
-    inside = torch.from_numpy((fi >= -eps) & (fi <= ny - 1 + eps) & (fj >= -eps) & (fj <= nx - 1 + eps))
-    grid = np.stack([2 * np.clip(fj, 0, nx - 1) / (nx - 1) - 1, 2 * np.clip(fi, 0, ny - 1) / (ny - 1) - 1], -1)
-    out = F.grid_sample(images[:, None], torch.from_numpy(grid.astype(np.float32)), mode="bilinear",
-                        padding_mode="border", align_corners=True)[:, 0]
+    kxs, kys = (torch.from_numpy(a.astype(np.float32)) for a in np.meshgrid(kx, ky))  # (ny, nx)
+    m = torch.from_numpy(np.asarray(minv, np.float32).reshape(b, 2, 2))[:, :, :, None, None]
+    fj = ((m[:, 0, 0] * kxs + m[:, 0, 1] * kys) - float(kx[0])) / float(dkx)
+    fi = ((m[:, 1, 0] * kxs + m[:, 1, 1] * kys) - float(ky[0])) / float(dky)
+    eps = 1e-4
+    inside = (fi >= -eps) & (fi <= ny - 1 + eps) & (fj >= -eps) & (fj <= nx - 1 + eps)
+    grid = torch.stack([2 * fj.clamp(0, nx - 1) / (nx - 1) - 1, 2 * fi.clamp(0, ny - 1) / (ny - 1) - 1], -1)
+    out = F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
     return torch.where(inside, out, images if fill is None else fill)
 
 
@@ -178,6 +176,11 @@ def strain_tensor(magnitude: float, angle: float) -> np.ndarray:
     n = np.array([math.cos(angle), math.sin(angle)])
     t = np.array([-n[1], n[0]])
     return magnitude * (np.outer(n, n) - GRAPHENE_POISSON * np.outer(t, t))
+
+
+def _normal(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Standard normal float32 tensor from its own seeded torch generator."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def _tip_covariance(rng, cfg: AugmentConfig) -> np.ndarray:
@@ -242,42 +245,40 @@ class Augmenter:
         if self.is_identity:
             return x
         b, ny, nx = x.shape
-        draws = [self._ft_draws(rng, ny, nx) for rng in rngs]
+        draws = [self._ft_draws(rng) for rng in rngs]
         mean = x.mean(dim=(1, 2))
+        x = x.clone()
         moved = [i for i, d in enumerate(draws) if d["minv"] is not None]
         if moved:
-            x = x.clone()
             x[moved] = resample_k(x[moved], np.stack([draws[i]["minv"] for i in moved]), kx, ky)
-        if any(d["cov"] is not None for d in draws):
-            cov = torch.from_numpy(np.stack([np.zeros((2, 2)) if d["cov"] is None else d["cov"] for d in draws]))
-            kxx, kyy = (torch.from_numpy(a) for a in np.meshgrid(np.asarray(kx, float), np.asarray(ky, float)))
-            quad = (cov[:, 0, 0, None, None] * kxx ** 2 + 2 * cov[:, 0, 1, None, None] * kxx * kyy
-                    + cov[:, 1, 1, None, None] * kyy ** 2)
-            x = x * torch.exp(-0.5 * quad).to(torch.float32)
+        blurred = [i for i, d in enumerate(draws) if d["cov"] is not None]
+        if blurred:
+            cov = torch.from_numpy(np.stack([draws[i]["cov"] for i in blurred]).astype(np.float32))[:, :, :, None, None]
+            kxx, kyy = (torch.from_numpy(a.astype(np.float32)) for a in np.meshgrid(kx, ky))
+            quad = cov[:, 0, 0] * kxx ** 2 + 2 * cov[:, 0, 1] * kxx * kyy + cov[:, 1, 1] * kyy ** 2
+            x[blurred] = x[blurred] * torch.exp(-0.5 * quad)
         x = x * torch.tensor([d["gain"] for d in draws], dtype=torch.float32)[:, None, None]
         j0, i0 = int(np.argmin(np.abs(kx))), int(np.argmin(np.abs(ky)))
         offset = torch.tensor([d["offset"] for d in draws], dtype=torch.float32)
         if torch.any(offset != 0):
-            peak = x.amax(dim=(1, 2))
-            x = x.clone()
-            x[:, i0, j0] = torch.abs(x[:, i0, j0] + offset * peak)
-        scale = (cfg.noise * mean).numpy()
+            x[:, i0, j0] = torch.abs(x[:, i0, j0] + offset * x.amax(dim=(1, 2)))
         noisy = [i for i, d in enumerate(draws) if d["noise"] is not None]
-        if noisy:
-            field = torch.from_numpy(np.stack([draws[i]["noise"] * scale[i] for i in noisy]))
-            x = x.clone()
+        if noisy:  # circular complex Gaussian of std noise * mean |F|
+            field = torch.stack([_normal((2, ny, nx), draws[i]["noise"]) * (cfg.noise * mean[i] / math.sqrt(2))
+                                 for i in noisy])
             x[noisy] = torch.hypot(x[noisy] + field[:, 0], field[:, 1])
         lined = [i for i, d in enumerate(draws) if d["scanline"] is not None]
-        if lined:
-            s_line = (cfg.scanline * mean * math.sqrt(nx)).numpy()
-            field = torch.from_numpy(np.stack([draws[i]["scanline"] * s_line[i] for i in lined]))
-            col = x[lined, :, j0]
-            x = x.clone()
-            x[lined, :, j0] = torch.hypot(col + field[:, 0], field[:, 1])
+        if lined:  # per-line offsets of the map all land on the k_x = 0 column
+            field = torch.stack([_normal((2, ny), draws[i]["scanline"])
+                                 * (cfg.scanline * mean[i] * math.sqrt(nx / 2)) for i in lined])
+            x[lined, :, j0] = torch.hypot(x[lined, :, j0] + field[:, 0], field[:, 1])
         return torch.clamp(x, min=0)
 
-    def _ft_draws(self, rng: np.random.Generator, ny: int, nx: int) -> dict:
-        """One sample's random draws for the FT-space path (``None`` where an artifact is off)."""
+    def _ft_draws(self, rng: np.random.Generator) -> dict:
+        """One sample's random draws for the FT-space path (``None`` where an artifact is off).
+
+        Noise fields are drawn later from torch generators seeded here (``noise``, ``scanline``).
+        """
         cfg = self.config
         m = np.eye(2)
         if cfg.strain and self._apply(rng):
@@ -288,10 +289,8 @@ class Augmenter:
         cov = _tip_covariance(rng, cfg) if cfg.blur_nm and self._apply(rng) else None
         gain = math.exp(rng.normal(0, cfg.gain)) if cfg.gain and self._apply(rng) else 1.0
         offset = rng.normal(0, cfg.offset) if cfg.offset and self._apply(rng) else 0.0
-        noise = (rng.standard_normal((2, ny, nx), dtype=np.float32) / math.sqrt(2)
-                 if cfg.noise and self._apply(rng) else None)
-        line = (rng.standard_normal((2, ny), dtype=np.float32) / math.sqrt(2)
-                if cfg.scanline and self._apply(rng) else None)
+        noise = int(rng.integers(2 ** 62)) if cfg.noise and self._apply(rng) else None
+        line = int(rng.integers(2 ** 62)) if cfg.scanline and self._apply(rng) else None
         minv = None if np.allclose(m, np.eye(2)) else np.linalg.inv(m)
         return {"minv": minv, "cov": cov, "gain": gain, "offset": offset, "noise": noise, "scanline": line}
 
