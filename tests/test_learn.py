@@ -139,6 +139,10 @@ def test_tiny_cnn_learns_u(trained, store, tmp_path):
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     per_u = metrics["targets"]["hubbard_u_ev"]["per_value"]
     assert {round(r["value"], 6) for r in per_u} == {round(v, 6) for v in trained.split.held_out["test"]}
+    seen = np.array(sorted(set(targets_of(store, trained.split.train, ["hubbard_u_ev"])[:, 0])))
+    for row in per_u:  # the interpolation gap of each held-out U (U values here are 0.2 eV apart)
+        assert row["train_distance"] == pytest.approx(np.min(np.abs(seen - row["value"])))
+        assert row["train_distance"] >= 0.2 - 1e-9
 
 
 def test_uncertainty_is_calibrated_on_held_out_data(trained, store):
@@ -298,6 +302,8 @@ def test_augmentation_presets_and_symmetries(store):
             if name != "clean":
                 assert not np.allclose(out, image)
             np.testing.assert_array_equal(out, Augmenter(name, space)(image, rng(), sample))
+            turned = Augmenter(name, space, symmetry=True)(image, rng(), sample)
+            assert turned.shape == image.shape and not np.allclose(turned, out)
     # real-space mode with no artifact returns the stored image exactly
     from moirestm.learn.augment import AugmentConfig
 
@@ -323,7 +329,7 @@ def test_batched_augmentation_matches_per_image(store):
     sp = make_split(store, "group")
     norm = Normalizer.fit([store.image(k) for k in sp.train], targets_of(store, sp.train, ["hubbard_u_ev"]),
                           ["hubbard_u_ev"], None)
-    ds = ImageDataset(store, sp.train, norm, augment=Augmenter("noisy"), seed=4)
+    ds = ImageDataset(store, sp.train, norm, augment=Augmenter("noisy", symmetry=True), seed=4)
     ds.set_epoch(3)
     idx = [5, 0, 7, 2]
     x, y = ds.batch(idx)

@@ -32,8 +32,10 @@ def train_cmd(
     seed: int = typer.Option(0),
     augment: str = typer.Option("clean", help="clean | mild | symb | noisy"),
     augment_space: str = typer.Option("ft", help="ft (fast) | real (artifacts on the STM map)"),
+    symmetry: bool = typer.Option(False, help="also apply random 60° rotations and mirrors"),
     input_size: Optional[int] = typer.Option(None, help="model input side after down-sampling"),
-    max_minutes: Optional[float] = typer.Option(None, help="wall-time budget"),
+    max_minutes: Optional[float] = typer.Option(
+        None, help="wall-time budget; the cosine learning-rate schedule is fitted to it"),
     resume: bool = typer.Option(False, help="continue OUT/last.pt"),
     overwrite: bool = typer.Option(False, help="replace an existing run in OUT"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
@@ -47,6 +49,7 @@ def train_cmd(
     _threads(threads)
     run = train(data, model=model, split=split, out=out, targets=target, epochs=epochs, batch_size=batch_size,
                 lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
+                symmetry=symmetry,
                 input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
                 device=device, loss=loss, standardise=standardise)
     best = run.best

@@ -78,20 +78,25 @@ class AugmentConfig:
         return asdict(self)
 
 
+#: STM-artifact presets.  The lattice symmetries are a separate switch (``symmetry``): simulated FT
+#: images of a tiled rhombic supercell are only C2-symmetric (the tiling's shape factor broadens every
+#: peak anisotropically; a 60° rotation changes the log image by ~80 % of its variation), so rotated
+#: training images lie outside the distribution of unrotated test images.  Measured maps are brought
+#: into the simulation frame by :mod:`moirestm.measured.calibrate` before prediction.
 PRESETS: dict[str, AugmentConfig] = {
     "clean": AugmentConfig(),
-    "mild": AugmentConfig(gain=0.05, drift=0.02, offset=0.02, noise=0.02, blur_nm=0.02, anisotropy=0.2,
-                          symmetry=True, p=0.7),
+    "mild": AugmentConfig(gain=0.05, drift=0.02, offset=0.02, noise=0.02, blur_nm=0.02, anisotropy=0.2, p=0.7),
     # symmetry breaking: strain and anisotropic tips, which lower the C6 symmetry of the pattern
-    "symb": AugmentConfig(gain=0.05, noise=0.02, blur_nm=0.04, anisotropy=0.6, strain=0.02, symmetry=True,
-                          p=0.8),
+    "symb": AugmentConfig(gain=0.05, noise=0.02, blur_nm=0.04, anisotropy=0.6, strain=0.02, p=0.8),
     "noisy": AugmentConfig(gain=0.15, drift=0.05, offset=0.1, noise=0.10, scanline=0.05, blur_nm=0.05,
-                           anisotropy=0.5, strain=0.01, symmetry=True, p=0.9),
+                           anisotropy=0.5, strain=0.01, p=0.9),
 }
 
 
-def get_preset(name: str | AugmentConfig | None, space: str | None = None) -> AugmentConfig:
-    """Preset by name (``clean``, ``mild``, ``symb``, ``noisy``), optionally in ``space``."""
+def get_preset(name: str | AugmentConfig | None, space: str | None = None,
+               symmetry: bool | None = None) -> AugmentConfig:
+    """Preset by name (``clean``, ``mild``, ``symb``, ``noisy``), optionally in ``space`` and with the
+    random lattice symmetries (60° rotations, mirror) switched on or off."""
     if name is None:
         cfg = PRESETS["clean"]
     elif isinstance(name, AugmentConfig):
@@ -104,6 +109,8 @@ def get_preset(name: str | AugmentConfig | None, space: str | None = None) -> Au
         raise MoireSTMError(f"unknown augmentation preset {name!r}; choose one of {', '.join(PRESETS)}")
     if space is not None:
         cfg = replace(cfg, space=space)
+    if symmetry is not None:
+        cfg = replace(cfg, symmetry=bool(symmetry))
     if cfg.space not in ("ft", "real"):
         raise MoireSTMError(f"augmentation space must be 'ft' or 'real', not {cfg.space!r}")
     return cfg
@@ -197,10 +204,12 @@ class Augmenter:
     ----------
     preset : preset name or :class:`AugmentConfig`.
     space : override the preset's space (``"ft"`` or ``"real"``).
+    symmetry : override the preset's random lattice symmetries.
     """
 
-    def __init__(self, preset: str | AugmentConfig = "clean", space: str | None = None):
-        self.config = get_preset(preset, space)
+    def __init__(self, preset: str | AugmentConfig = "clean", space: str | None = None,
+                 symmetry: bool | None = None):
+        self.config = get_preset(preset, space, symmetry)
         self._clean_ft: dict = {}
 
     @property

@@ -23,10 +23,17 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
             "max_abs_error": float(np.max(np.abs(err))), "bias": float(np.mean(err)), "n": int(len(err))}
 
 
-def error_per_value(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray | None = None) -> list[dict]:
-    """MAE, bias and (optionally) mean sigma for each distinct true value (e.g. each U)."""
+def error_per_value(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray | None = None,
+                    train_values: np.ndarray | None = None) -> list[dict]:
+    """MAE, bias and (optionally) mean sigma for each distinct true value (e.g. each U).
+
+    With ``train_values`` (the values seen in training), each row also gives
+    ``train_distance``: how far the value is from the nearest training value (the
+    interpolation gap a held-out value sits in).
+    """
     rows = []
     keys = np.round(np.asarray(y_true, float), 9)
+    seen = None if train_values is None or not len(train_values) else np.unique(np.asarray(train_values, float))
     for v in np.unique(keys):
         sel = keys == v
         err = y_pred[sel] - y_true[sel]
@@ -34,6 +41,8 @@ def error_per_value(y_true: np.ndarray, y_pred: np.ndarray, sigma: np.ndarray | 
                "bias": float(np.mean(err))}
         if sigma is not None:
             row["mean_sigma"] = float(np.mean(sigma[sel]))
+        if seen is not None:
+            row["train_distance"] = float(np.min(np.abs(seen - v)))
         rows.append(row)
     return rows
 
@@ -87,6 +96,7 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
         raise MoireSTMError(f"nothing to evaluate: no samples in {label}")
     names = run.targets
     y = targets_of(st, keys, names)
+    seen = targets_of(st, run.split.train, names) if own else None
     images = [st.image(k) for k in keys]
     if corrupt is not None:
         augment = Augmenter(corrupt, corrupt_space)
@@ -100,7 +110,8 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
               "targets": {}}
     for j, name in enumerate(names):
         result["targets"][name] = {**regression_metrics(y[:, j], mean[:, j]),
-                                   "per_value": error_per_value(y[:, j], mean[:, j], sigma[:, j]),
+                                   "per_value": error_per_value(y[:, j], mean[:, j], sigma[:, j],
+                                                                None if seen is None else seen[:, j]),
                                    "coverage": coverage(y[:, j], mean[:, j], sigma[:, j])}
     if out is None and plots and run.path is not None:
         out = Path(run.path) / f"eval-{label}"

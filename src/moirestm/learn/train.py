@@ -57,6 +57,7 @@ class TrainConfig:
     seed: int = 0
     augment: str = "clean"
     augment_space: str = "ft"
+    symmetry: bool = False
     input_size: int | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -260,7 +261,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     if cfg.loss not in LOSSES:
         raise MoireSTMError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
     check_standardise(cfg.standardise)  # before anything is written to ``out``
-    get_preset(cfg.augment, cfg.augment_space)  # validate early
+    get_preset(cfg.augment, cfg.augment_space, cfg.symmetry)  # validate early
     device = training_device(cfg.device)
     st = open_store(store)
     out = Path(out)
@@ -302,7 +303,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                         **cfg.model_options}
     (out / "split.json").write_text(json.dumps(split_obj.to_dict(), indent=1))
 
-    augment = Augmenter(cfg.augment, cfg.augment_space)
+    augment = Augmenter(cfg.augment, cfg.augment_space, cfg.symmetry)
     train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
     val_ds = ImageDataset(st, split_obj.val, normalizer)
     net = build_model(model_config).to(device)
