@@ -44,6 +44,34 @@ def throughput(model_name: str, image_side: int, batch: int = 16, steps: int = 6
             "train_images_per_s": batch * steps / dt}
 
 
+def augmentation_cost(store, presets=("mild", "symb", "noisy"), n: int = 64, batch: int = 16) -> dict:
+    """Milliseconds per image to build training inputs (``ImageDataset.batch``: augment + normalise).
+
+    The ratio to the clean input (cached after its first epoch, so timed uncached) is the
+    hardware-independent figure.
+    """
+    from moirestm.learn.augment import Augmenter
+    from moirestm.learn.data import ImageDataset, Normalizer, targets_of
+
+    keys = store.keys()[:n]
+    norm = Normalizer.fit([store.image(k) for k in keys], targets_of(store, keys, ["hubbard_u_ev"]),
+                          ["hubbard_u_ev"], min(DEFAULT_INPUT_SIZE["cnn"], store.image(keys[0]).shape[0]))
+
+    def per_image(ds) -> float:
+        ds.batch(range(min(batch, len(keys))))  # reads and caches the raw images
+        t0 = time.perf_counter()
+        for first in range(0, len(keys), batch):
+            ds.batch(range(first, min(first + batch, len(keys))))
+        return (time.perf_counter() - t0) / len(keys) * 1e3
+
+    clean = per_image(ImageDataset(store, keys, norm, cache=False))
+    out = {"clean_ms_per_image": clean}
+    for name in presets:
+        ms = per_image(ImageDataset(store, keys, norm, augment=Augmenter(name)))
+        out[name] = {"ms_per_image": ms, "ratio_to_clean": ms / clean}
+    return out
+
+
 def latency(run: Run, image: np.ndarray, repeats: int = 20) -> dict:
     """Prediction time per single image (normalisation + MC dropout with the run's mask count)."""
     run.predict([image])
@@ -84,6 +112,10 @@ def main() -> None:
         report["throughput"].append(r)
         print(f"{name:9s} input {r['input_size']:4d}  params {r['parameters']:>9,d}  "
               f"train {r['train_images_per_s']:7.1f} images/s", flush=True)
+    report["augmentation"] = aug = augmentation_cost(store)
+    print(f"inputs: clean {aug['clean_ms_per_image']:.2f} ms/image; " + ", ".join(
+        f"{k} {v['ms_per_image']:.2f} ms ({v['ratio_to_clean']:.1f}x)" for k, v in aug.items() if k != "clean_ms_per_image"),
+        flush=True)
     for name in args.train_models.split(","):
         if not name:
             continue

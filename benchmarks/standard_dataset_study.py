@@ -90,6 +90,7 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
             ("cnn-random", dict(model="cnn", split="random")),
             ("cnn-interpolate", dict(model="cnn", split="interpolate")),
             ("cnn-group-noisy", dict(model="cnn", split="group", augment="noisy")),
+            ("mlp-group", dict(model="mlp", split="group")),
             ("resnet18-group", dict(model="resnet18", split="group")),
             # BatchNorm keeps each image's overall intensity, which GroupNorm removes (gain invariance)
             ("cnn-group-batchnorm", dict(model="cnn", split="group", model_options={"norm": "batch"}))]
