@@ -29,12 +29,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--store", type=Path, default=None,
                         help="use this finished store (e.g. from `moirestm sweep run standard`) instead of computing one")
-    parser.add_argument("--only", nargs="*", default=None, help="training runs to do (default: all)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="training runs to do, and 'extras' for baselines, analysis and report (default: all)")
     args = parser.parse_args()
     t_start = time.perf_counter()
     deadline = t_start + args.deadline_min * 60.0
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "stages": {}}
+    previous = args.out / "study.json"  # runs of earlier invocations (--only) are kept
+    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                     "stages": json.loads(previous.read_text()).get("stages", {}) if previous.exists() else {}}
 
     def save():
         results["elapsed_s"] = time.perf_counter() - t_start
@@ -118,6 +121,8 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
             results["stages"][name]["noisy_test"] = {"mae_ev": corrupted["mae"], "rmse_ev": corrupted["rmse"],
                                                      "r2": corrupted["r2"]}
         save()
+    if args.only is not None and "extras" not in args.only:
+        return
     if left_min() > 0.5 and (args.out / "cnn-group" / "checkpoint.pt").exists():
         from moirestm.learn import Run
 

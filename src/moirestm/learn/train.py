@@ -310,7 +310,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, history, best = 0, [], {"score": float("inf"), "epoch": -1}
     best_state = copy.deepcopy(net.state_dict())
-    bad_epochs, elapsed_before, schedule_epochs = 0, 0.0, cfg.epochs
+    bad_epochs, elapsed_before, schedule_epochs, epoch_times = 0, 0.0, cfg.epochs, []
     if resume_state is not None:
         load_strict(net, resume_state["state_dict"], where=str(out / LAST))
         opt.load_state_dict(resume_state["optimizer"])
@@ -367,10 +367,13 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
                 bad_epochs = 0
             elif epoch >= cfg.min_epochs:
                 bad_epochs += 1
-            if budget is not None and epoch == start_epoch + 1 and not timed_out:
-                # fit the cosine into the time budget, from the second epoch's cost (the first reads the data)
-                left, per_epoch = budget - (time.perf_counter() - t0), time.perf_counter() - t_epoch
-                schedule_epochs = min(cfg.epochs, epoch + 1 + int(BUDGET_MARGIN * left / per_epoch))
+            if budget is not None and epoch > start_epoch and not timed_out:
+                # fit the cosine into the time budget from the mean epoch cost after the first epoch (which
+                # reads the data); later epochs only shorten it, so the annealing finishes inside the budget
+                epoch_times.append(time.perf_counter() - t_epoch)
+                left = budget - (time.perf_counter() - t0)
+                fit = epoch + 1 + int(BUDGET_MARGIN * left / float(np.mean(epoch_times)))
+                schedule_epochs = min(schedule_epochs, fit)
             _atomic_save({"config": cfg.to_dict(), "split": split_obj.to_dict(), "normalizer": normalizer.state(),
                           "model_config": model_config, "state_dict": net.state_dict(),
                           "optimizer": opt.state_dict(), "epoch": epoch, "schedule_epochs": schedule_epochs,
