@@ -360,7 +360,7 @@ def test_baselines_on_same_split(trained, store_path):
     result = run_baselines(store_path, split=trained.split)
     assert result["n"]["test"] == len(trained.split.test)
     u_std = float(np.std(U_VALUES))
-    for name in ("pca_ridge", "pca_kernel_ridge", "peak_ridge"):
+    for name in ("pca_ridge", "pca_kernel_ridge", "kernel_ridge", "peak_ridge"):
         m = result["results"][name]["hubbard_u_ev"]
         assert np.isfinite(m["mae"]) and m["mae"] < u_std, (name, m)
     assert result["results"]["peak_ridge"]["peaks"]["n_shells"] >= 2
