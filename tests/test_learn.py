@@ -381,6 +381,9 @@ def test_cli_round_trip(store_path, trained, tmp_path):
     res = runner.invoke(app, ["train", str(store_path), "--model", "mlp", "--out", str(tmp_path / "r"),
                               "--epochs", "2", "--split", "random"])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", str(store_path), "--model", "mlp", "--norm", "batch", "--out",
+                              str(tmp_path / "r2"), "--epochs", "1"])
+    assert res.exit_code == 2 and "bad options for model 'mlp'" in res.output  # --norm reaches the model
     res = runner.invoke(app, ["predict", str(tmp_path / "r"), str(store_path), "--json"])
     assert res.exit_code == 0 and "hubbard_u_ev_sigma" in res.output
 

@@ -42,6 +42,7 @@ def train_cmd(
     device: str = typer.Option("cpu", help="cpu | cuda | auto (CUDA when available)"),
     loss: str = typer.Option("mse", help="mse | l1 | huber (on standardised targets)"),
     standardise: str = typer.Option("global", help="image standardisation: global | pixel (per-pixel std)"),
+    norm: Optional[str] = typer.Option(None, help="cnn / resnet18 normalisation layers: group | batch"),
 ) -> None:
     """Train a network to predict U from FT-LDOS images; prints the held-out test metrics."""
     from ..learn import evaluate, train
@@ -51,7 +52,8 @@ def train_cmd(
                 lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
                 symmetry=symmetry,
                 input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                device=device, loss=loss, standardise=standardise)
+                device=device, loss=loss, standardise=standardise,
+                model_options={} if norm is None else {"norm": norm})
     best = run.best
     console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val MAE "
                   f"{', '.join(f'{v:.4g}' for v in best['val_mae'])}, time to best {best['time_s']:.1f} s")

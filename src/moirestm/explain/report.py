@@ -233,7 +233,8 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
     store_path : dataset store; default the run's training store.
     out_html : output file; default ``<run_dir>/report.html``.
     samples, max_samples, methods, n_steps : passed to :func:`moirestm.explain.attribution.explain`.
-    baselines : also fit the classical baselines (PCA + ridge, peak + ridge) on the run's split.
+    baselines : also fit the classical baselines (PCA + ridge, pixel kernel ridge, peak + ridge) on the
+        run's split.
     analysis : a precomputed :class:`~moirestm.explain.analysis.AnalysisResult` with figures (else computed).
     progress : optional callable ``progress(message)`` for status lines.
     """
@@ -265,7 +266,8 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
             try:
                 from ..learn import run_baselines
 
-                base = run_baselines(st, split=run.split, targets=run.targets, which=("pca_ridge", "peak_ridge"))
+                base = run_baselines(st, split=run.split, targets=run.targets,
+                                     which=("pca_ridge", "kernel_ridge", "peak_ridge"))
             except MoireSTMError as exc:
                 base = {"results": {}, "error": str(exc)}
         say("computing attributions")
