@@ -154,7 +154,7 @@ def resample_k(images: torch.Tensor, minv: np.ndarray, kx: np.ndarray, ky: np.nd
     b, ny, nx = images.shape
     kx, ky = np.asarray(kx, np.float64), np.asarray(ky, np.float64)
     dkx, dky = kx[1] - kx[0], ky[1] - ky[0]
-    kxs, kys = (torch.from_numpy(a.astype(np.float32)) for a in np.meshgrid(kx, ky))  # (ny, nx)
+    kxs, kys = _k_mesh(kx, ky)
     m = torch.from_numpy(np.asarray(minv, np.float32).reshape(b, 2, 2))[:, :, :, None, None]
     fj = ((m[:, 0, 0] * kxs + m[:, 0, 1] * kys) - float(kx[0])) / float(dkx)
     fi = ((m[:, 1, 0] * kxs + m[:, 1, 1] * kys) - float(ky[0])) / float(dky)
@@ -163,6 +163,12 @@ def resample_k(images: torch.Tensor, minv: np.ndarray, kx: np.ndarray, ky: np.nd
     grid = torch.stack([2 * fj.clamp(0, nx - 1) / (nx - 1) - 1, 2 * fi.clamp(0, ny - 1) / (ny - 1) - 1], -1)
     out = F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
     return torch.where(inside, out, images if fill is None else fill)
+
+
+def _k_mesh(kx: np.ndarray, ky: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k_x, k_y)`` at every pixel, float32 tensors of shape ``(ny, nx)``."""
+    kxx, kyy = np.meshgrid(np.asarray(kx, np.float64), np.asarray(ky, np.float64))
+    return torch.from_numpy(kxx.astype(np.float32)), torch.from_numpy(kyy.astype(np.float32))
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -263,7 +269,7 @@ class Augmenter:
         blurred = [i for i, d in enumerate(draws) if d["cov"] is not None]
         if blurred:
             cov = torch.from_numpy(np.stack([draws[i]["cov"] for i in blurred]).astype(np.float32))[:, :, :, None, None]
-            kxx, kyy = (torch.from_numpy(a.astype(np.float32)) for a in np.meshgrid(kx, ky))
+            kxx, kyy = _k_mesh(kx, ky)
             quad = cov[:, 0, 0] * kxx ** 2 + 2 * cov[:, 0, 1] * kxx * kyy + cov[:, 1, 1] * kyy ** 2
             x[blurred] = x[blurred] * torch.exp(-0.5 * quad)
         x = x * torch.tensor([d["gain"] for d in draws], dtype=torch.float32)[:, None, None]

@@ -164,7 +164,11 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
     y = {p: targets_of(st, keys, targets) for p, keys in parts.items()}
     norm = Normalizer.fit(raw["train"], y["train"], targets,
                           input_size if input_size and input_size < raw["train"][0].shape[0] else None)
-    x = {p: np.stack([norm.transform(im).ravel() for im in raw[p]]) for p in parts}
+
+    def inputs(normalizer: Normalizer) -> dict:
+        return {p: normalizer.transform_images(raw[p]).reshape(len(raw[p]), -1).numpy() for p in parts}
+
+    x = inputs(norm)
     n_train = len(parts["train"])
     comps = sorted({c for c in (8, 16, 32) if c < n_train} or {max(1, n_train - 1)})
     alphas = np.logspace(-4, 3, 15)
@@ -204,8 +208,8 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
         for standardise in STANDARDISE:
             nz = norm if standardise == "global" else Normalizer.fit(
                 raw["train"], y["train"], targets, norm.input_size, standardise=standardise)
-            xs = {p: np.stack([nz.transform(im).ravel() for im in raw[p]]).astype(np.float64) for p in parts}
-            pred, vm, chosen = pixel_kernel_ridge(xs, y)
+            xs = x if nz is norm else inputs(nz)  # the global inputs are those of the PCA baselines
+            pred, vm, chosen = pixel_kernel_ridge({p: v.astype(np.float64) for p, v in xs.items()}, y)
             if vm < best[1]:
                 best = (pred, vm, {**chosen, "standardise": standardise})
         pred, vm, chosen = best

@@ -227,8 +227,7 @@ class Normalizer:
             if not np.isfinite(scale) or scale <= 0:
                 raise MoireSTMError("training images have a non-positive mean intensity; cannot normalise")
         probe = cls(shape, input_size, scale, np.zeros(1, np.float32), 1.0, [], np.zeros(1), np.ones(1), log_input)
-        logs = np.concatenate([probe._features(torch.from_numpy(np.stack(images[i:i + 256]).astype(np.float32))).numpy()
-                               for i in range(0, len(images), 256)])[:, 0]
+        logs = in_chunks(probe._features, images).numpy()[:, 0]
         mean = logs.mean(axis=0)
         std = float((logs - mean).std()) or 1.0
         if standardise == "pixel":
@@ -259,6 +258,10 @@ class Normalizer:
     def transform(self, image: np.ndarray) -> np.ndarray:
         """Raw image (H, W) -> normalised model input (1, h, w) float32."""
         return self.transform_batch(torch.from_numpy(np.asarray(image, dtype=np.float32))[None])[0].numpy()
+
+    def transform_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Raw images (a sequence of ``(H, W)`` arrays) -> model inputs ``(B, 1, h, w)``, in chunks."""
+        return in_chunks(self.transform_batch, images)
 
     def transform_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Raw images ``(B, H, W)`` -> normalised model inputs ``(B, 1, h, w)`` float32."""
@@ -365,11 +368,9 @@ class ImageDataset(Dataset):
         y = torch.from_numpy(self._targets[idx])
         if self.augment is None:
             if not self.cache:
-                return self.normalizer.transform_batch(torch.from_numpy(np.stack([self.raw(i) for i in idx]))), y
+                return self.normalizer.transform_images([self.raw(i) for i in idx]), y
             if self._inputs is None:
-                self._inputs = torch.cat([self.normalizer.transform_batch(torch.from_numpy(
-                    np.stack([self.raw(i) for i in range(j, min(j + 256, len(self)))])))
-                    for j in range(0, len(self), 256)])
+                self._inputs = self.normalizer.transform_images([self.raw(i) for i in range(len(self))])
             return self._inputs[idx], y
         if not getattr(self.augment, "batched", False):
             return torch.stack([self[i][0] for i in idx]), y
@@ -406,7 +407,15 @@ class SampleArrays:
 
 def batch_inputs(normalizer: Normalizer, images: Sequence[np.ndarray]) -> torch.Tensor:
     """Validate and normalise raw images into a model batch ``(B, 1, h, w)``."""
-    return torch.from_numpy(np.stack([normalizer.transform(normalizer.check(im)) for im in images]))
+    return normalizer.transform_images([normalizer.check(im) for im in images])
+
+
+def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], images: Sequence[np.ndarray], size: int = 256
+              ) -> torch.Tensor:
+    """``fn`` over a stack of float32 images, ``size`` images at a time (bounds peak memory)."""
+    images = list(images)
+    return torch.cat([fn(torch.from_numpy(np.stack(images[i:i + size]).astype(np.float32, copy=False)))
+                      for i in range(0, len(images), size)])
 
 
 __all__ = ["open_store", "read_array", "targets_of", "Split", "make_split", "Normalizer", "ImageDataset",

@@ -31,12 +31,12 @@ CHECKPOINT_FORMAT = "moirestm-learn-run"
 CHECKPOINT_VERSION = 1
 CHECKPOINT = "checkpoint.pt"
 LAST = "last.pt"
-#: Training losses on standardised targets: "l1" optimises the reported MAE directly, "huber" (delta =
-#: 0.1 target std) is quadratic for small and linear for large errors, "mse" weights outliers most.
 #: Final learning rate of the cosine schedule, as a fraction of the initial one.
 LR_FLOOR = 0.01
-#: Fraction of the time left after the second epoch that the fitted cosine schedule plans to use.
+#: Fraction of the time left that a schedule fitted to ``max_minutes`` plans to use (re-estimated each epoch).
 BUDGET_MARGIN = 0.95
+#: Training losses on standardised targets: "l1" optimises the reported MAE directly, "huber" (delta =
+#: 0.1 target std) is quadratic for small and linear for large errors, "mse" weights outliers most.
 LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
           "huber": lambda pred, y: torch.nn.functional.huber_loss(pred, y, delta=0.1)}
 
