@@ -101,7 +101,12 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
             ("cnn-group-batchnorm", dict(model="cnn", split="group", model_options={"norm": "batch"})),
             # the default CNN under-fits its training set (train MAE 0.064 eV): a variant aimed at precision
             ("cnn-group-bn-l1-pixel", dict(model="cnn", split="group", model_options={"norm": "batch"},
-                                           loss="l1", standardise="pixel"))]
+                                           loss="l1", standardise="pixel")),
+            # one input per (U, filling): the maps at every bias stacked as channels (StackedStore)
+            ("cnn-group-bias", dict(model="cnn", split="group", channels="bias_ev")),
+            ("cnn-group-bias-noisy", dict(model="cnn", split="group", channels="bias_ev", augment="noisy")),
+            ("cnn-interpolate-bias", dict(model="cnn", split="interpolate", channels="bias_ev")),
+            ("mlp-group-bias", dict(model="mlp", split="group", channels="bias_ev", epochs=4000))]
     for name, kw in plan:
         if args.only is not None and name not in args.only:
             continue
@@ -126,6 +131,13 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
             corrupted = evaluate(run, plots=True, corrupt="noisy")["targets"]["hubbard_u_ev"]
             results["stages"][name]["noisy_test"] = {"mae_ev": corrupted["mae"], "rmse_ev": corrupted["rmse"],
                                                      "r2": corrupted["r2"]}
+        save()
+    if (args.only is None or "baselines-bias" in args.only) and (args.out / "cnn-group-bias" / "checkpoint.pt").exists():
+        from moirestm.learn import Run
+
+        stacked = Run.load(args.out / "cnn-group-bias")
+        base = run_baselines(store, split=stacked.split, channels=stacked.normalizer.channels)
+        results["stages"]["baselines-group-bias"] = {k: v["hubbard_u_ev"] for k, v in base["results"].items()}
         save()
     if args.only is not None and "extras" not in args.only:
         return

@@ -43,6 +43,8 @@ def train_cmd(
     loss: str = typer.Option("mse", help="mse | l1 | huber (on standardised targets)"),
     standardise: str = typer.Option("global", help="image standardisation: global | pixel (per-pixel std)"),
     norm: Optional[str] = typer.Option(None, help="cnn / resnet18 normalisation layers: group | batch"),
+    channels: Optional[str] = typer.Option(
+        None, help="stack the images at every value of this parameter (e.g. bias_ev) as input channels"),
 ) -> None:
     """Train a network to predict U from FT-LDOS images; prints the held-out test metrics."""
     from ..learn import evaluate, train
@@ -52,7 +54,7 @@ def train_cmd(
                 lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
                 symmetry=symmetry,
                 input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                device=device, loss=loss, standardise=standardise,
+                device=device, loss=loss, standardise=standardise, channels=channels,
                 model_options={} if norm is None else {"norm": norm})
     best = run.best
     console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val MAE "
@@ -132,14 +134,16 @@ def baselines_cmd(
     split: str = typer.Option("group", help="random | group | interpolate | extrapolate | filling"),
     seed: int = typer.Option(0),
     target: list[str] = typer.Option(["hubbard_u_ev"]),
-    run: Optional[Path] = typer.Option(None, help="use the split of this run (to compare with it)"),
+    run: Optional[Path] = typer.Option(None, help="use the split (and channels) of this run (to compare with it)"),
+    channels: Optional[str] = typer.Option(None, help="stack this parameter's values as channels (e.g. bias_ev)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """PCA + ridge, PCA + kernel ridge and peak-intensity + ridge baselines on the same split."""
     from ..learn import Run, run_baselines
 
-    sp = Run.load(run).split if run is not None else split
-    result = run_baselines(data, split=sp, seed=seed, targets=target)
+    loaded = Run.load(run) if run is not None else None
+    result = run_baselines(data, split=loaded.split if loaded else split, seed=seed, targets=target,
+                           channels=loaded.normalizer.channels if loaded else channels)
     if json_out:
         emit_json(result)
         return

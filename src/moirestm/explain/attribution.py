@@ -99,7 +99,7 @@ def gradcam_layer(model: nn.Module) -> nn.Module | None:
 
 
 def ig_baseline(x: torch.Tensor, baseline: str = "blur", blur_px: float | None = None) -> torch.Tensor:
-    """Integrated-gradients baseline for inputs ``x`` (B, 1, h, w): ``"blur"`` or ``"zero"``."""
+    """Integrated-gradients baseline for inputs ``x`` (B, C, h, w): ``"blur"`` or ``"zero"``."""
     if baseline == "zero":
         return torch.zeros_like(x)
     if baseline != "blur":
@@ -113,7 +113,9 @@ def ig_baseline(x: torch.Tensor, baseline: str = "blur", blur_px: float | None =
 
 def attribution_maps(model: nn.Module, x: torch.Tensor, target: int = 0, methods: Sequence[str] = METHODS,
                      n_steps: int = 32, baseline: str = "blur") -> dict[str, np.ndarray]:
-    """Attribution maps ``{method: (B, h, w)}`` of output ``target`` for inputs ``x`` (B, 1, h, w).
+    """Attribution maps ``{method: (B, h, w)}`` of output ``target`` for inputs ``x`` (B, C, h, w).
+
+    Pixel attributions of stacked channels are summed.
 
     Methods that do not apply to the network (Grad-CAM without convolutions) are left out.
     ``baseline`` is the integrated-gradients baseline (:func:`ig_baseline`).
@@ -142,11 +144,11 @@ def _maps(net, x, target, methods, n_steps, base) -> dict:
             cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
             out["gradcam"] = cam[:, 0].detach().numpy().astype(np.float64)
     if "guided_backprop" in methods:
-        out["guided_backprop"] = GuidedBackprop(net).attribute(x, target=target)[:, 0].detach().numpy()
+        out["guided_backprop"] = GuidedBackprop(net).attribute(x, target=target).sum(1).detach().numpy()
     if "integrated_gradients" in methods:
         ig = IntegratedGradients(net).attribute(x, baselines=base, target=target, n_steps=n_steps,
                                                 internal_batch_size=max(1, min(64, n_steps * len(x))))
-        out["integrated_gradients"] = ig[:, 0].detach().numpy()
+        out["integrated_gradients"] = ig.sum(1).detach().numpy()  # summed over stacked channels
     return out
 
 
@@ -212,7 +214,7 @@ def attribute(run: Any, store: Any = None, samples: str | Sequence[str] | None =
         if run.store is None:
             raise MoireSTMError("the run records no store; pass the store to explain")
         store = run.store
-    st = open_store(store)
+    st = open_store(store, run.normalizer.channels)
     names = run.targets
     target = target or (DEFAULT_TARGET if DEFAULT_TARGET in names else names[0])
     if target not in names:

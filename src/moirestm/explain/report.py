@@ -258,15 +258,16 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
             analysis = analyze(st, tmp / "analysis")
         say("evaluating the run")
         metrics = evaluate(run, st, part="test", out=tmp / "eval", plots=True)
-        keys_test = run.split.keys("test") if metrics["part"] == "test" else st.keys(status="ok")
-        trivial = _trivial_baseline(run, st, keys_test)
+        view = open_store(st, run.normalizer.channels)  # stacked samples if the run stacks channels
+        keys_test = run.split.keys("test") if metrics["part"] == "test" else view.keys(status="ok")
+        trivial = _trivial_baseline(run, view, keys_test)
         base = None
         if baselines:
             say("fitting baselines")
             try:
                 from ..learn import run_baselines
 
-                base = run_baselines(st, split=run.split, targets=run.targets,
+                base = run_baselines(view, split=run.split, targets=run.targets,
                                      which=("pca_ridge", "kernel_ridge", "peak_ridge"))
             except MoireSTMError as exc:
                 base = {"results": {}, "error": str(exc)}

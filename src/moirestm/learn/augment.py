@@ -146,12 +146,15 @@ def k_transform(image: np.ndarray, m_xy: np.ndarray, kx: np.ndarray, ky: np.ndar
 
 def resample_k(images: torch.Tensor, minv: np.ndarray, kx: np.ndarray, ky: np.ndarray,
                fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Bilinear ``out_b(k) = image_b(minv_b k)`` for a batch ``(B, ny, nx)`` on one (kx, ky) grid.
+    """Bilinear ``out_b(k) = image_b(minv_b k)`` for a batch ``(B, ny, nx)`` or ``(B, C, ny, nx)`` on one grid.
 
-    ``minv`` is ``(B, 2, 2)``, acting on ``(k_x, k_y)``.  Points whose source lies outside the
-    window take ``fill`` (default: the input images).
+    ``minv`` is ``(B, 2, 2)``, acting on ``(k_x, k_y)`` (shared by a sample's channels).  Points whose
+    source lies outside the window take ``fill`` (default: the input images).
     """
-    b, ny, nx = images.shape
+    squeeze = images.ndim == 3
+    x = images[:, None] if squeeze else images
+    fill = x if fill is None else (fill[:, None] if squeeze else fill)
+    b, _, ny, nx = x.shape
     kx, ky = np.asarray(kx, np.float64), np.asarray(ky, np.float64)
     dkx, dky = kx[1] - kx[0], ky[1] - ky[0]
     kxs, kys = _k_mesh(kx, ky)
@@ -161,8 +164,9 @@ def resample_k(images: torch.Tensor, minv: np.ndarray, kx: np.ndarray, ky: np.nd
     eps = 1e-4
     inside = (fi >= -eps) & (fi <= ny - 1 + eps) & (fj >= -eps) & (fj <= nx - 1 + eps)
     grid = torch.stack([2 * fj.clamp(0, nx - 1) / (nx - 1) - 1, 2 * fi.clamp(0, ny - 1) / (ny - 1) - 1], -1)
-    out = F.grid_sample(images[:, None], grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
-    return torch.where(inside, out, images if fill is None else fill)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    out = torch.where(inside[:, None], out, fill)
+    return out[:, 0] if squeeze else out
 
 
 def _k_mesh(kx: np.ndarray, ky: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,10 +236,12 @@ class Augmenter:
         cfg = self.config
         if self.is_identity:
             return image
-        kx, ky = sample_k_axes(sample, image.shape)
+        kx, ky = sample_k_axes(sample, np.shape(image)[-2:])
         if cfg.space == "ft":
             x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
             return self.batch(x, [rng], kx, ky)[0].numpy()
+        if np.ndim(image) != 2:
+            raise MoireSTMError("real-space augmentation works on single images; stacked channels need space='ft'")
         out = self._real_space(image, rng, sample, kx, ky)
         if cfg.symmetry:
             rot, mir = int(rng.integers(6)), bool(rng.integers(2))
@@ -248,10 +254,12 @@ class Augmenter:
 
     # ------------------------------------------------------------ FT-space artifacts, batched
     def batch(self, images: torch.Tensor, rngs, kx: np.ndarray, ky: np.ndarray) -> torch.Tensor:
-        """FT-space artifacts and symmetries on a batch ``(B, ny, nx)`` (float32) sharing one k grid.
+        """FT-space artifacts and symmetries on a batch ``(B, ny, nx)`` or ``(B, C, ny, nx)`` sharing one k grid.
 
         ``rngs`` holds one generator per image; image ``b``'s draws use ``rngs[b]`` only, so the
-        result for an image does not depend on the rest of the batch.
+        result for an image does not depend on the rest of the batch.  The channels of a stacked
+        sample (maps of one scan area at several biases) share strain, symmetry, tip and gain, and
+        get independent noise.
         """
         cfg = self.config
         if cfg.space != "ft":
@@ -259,10 +267,11 @@ class Augmenter:
         x = images.to(torch.float32)
         if self.is_identity:
             return x
-        b, ny, nx = x.shape
+        squeeze = x.ndim == 3
+        x = x[:, None].clone() if squeeze else x.clone()
+        b, c, ny, nx = x.shape
         draws = [self._ft_draws(rng) for rng in rngs]
-        mean = x.mean(dim=(1, 2))
-        x = x.clone()
+        mean = x.mean(dim=(2, 3))
         moved = [i for i, d in enumerate(draws) if d["minv"] is not None]
         if moved:
             x[moved] = resample_k(x[moved], np.stack([draws[i]["minv"] for i in moved]), kx, ky)
@@ -271,23 +280,24 @@ class Augmenter:
             cov = torch.from_numpy(np.stack([draws[i]["cov"] for i in blurred]).astype(np.float32))[:, :, :, None, None]
             kxx, kyy = _k_mesh(kx, ky)
             quad = cov[:, 0, 0] * kxx ** 2 + 2 * cov[:, 0, 1] * kxx * kyy + cov[:, 1, 1] * kyy ** 2
-            x[blurred] = x[blurred] * torch.exp(-0.5 * quad)
-        x = x * torch.tensor([d["gain"] for d in draws], dtype=torch.float32)[:, None, None]
+            x[blurred] = x[blurred] * torch.exp(-0.5 * quad)[:, None]
+        x = x * torch.tensor([d["gain"] for d in draws], dtype=torch.float32)[:, None, None, None]
         j0, i0 = int(np.argmin(np.abs(kx))), int(np.argmin(np.abs(ky)))
-        offset = torch.tensor([d["offset"] for d in draws], dtype=torch.float32)
+        offset = torch.tensor([d["offset"] for d in draws], dtype=torch.float32)[:, None]
         if torch.any(offset != 0):
-            x[:, i0, j0] = torch.abs(x[:, i0, j0] + offset * x.amax(dim=(1, 2)))
+            x[:, :, i0, j0] = torch.abs(x[:, :, i0, j0] + offset * x.amax(dim=(2, 3)))
         noisy = [i for i, d in enumerate(draws) if d["noise"] is not None]
         if noisy:  # circular complex Gaussian of std noise * mean |F|
-            field = torch.stack([_normal((2, ny, nx), draws[i]["noise"]) * (cfg.noise * mean[i] / math.sqrt(2))
-                                 for i in noisy])
-            x[noisy] = torch.hypot(x[noisy] + field[:, 0], field[:, 1])
+            field = torch.stack([_normal((c, 2, ny, nx), draws[i]["noise"])
+                                 * (cfg.noise * mean[i] / math.sqrt(2))[:, None, None, None] for i in noisy])
+            x[noisy] = torch.hypot(x[noisy] + field[:, :, 0], field[:, :, 1])
         lined = [i for i, d in enumerate(draws) if d["scanline"] is not None]
         if lined:  # per-line offsets of the map all land on the k_x = 0 column
-            field = torch.stack([_normal((2, ny), draws[i]["scanline"])
-                                 * (cfg.scanline * mean[i] * math.sqrt(nx / 2)) for i in lined])
-            x[lined, :, j0] = torch.hypot(x[lined, :, j0] + field[:, 0], field[:, 1])
-        return torch.clamp(x, min=0)
+            field = torch.stack([_normal((c, 2, ny), draws[i]["scanline"])
+                                 * (cfg.scanline * mean[i] * math.sqrt(nx / 2))[:, None, None] for i in lined])
+            x[lined, :, :, j0] = torch.hypot(x[lined, :, :, j0] + field[:, :, 0], field[:, :, 1])
+        x = torch.clamp(x, min=0)
+        return x[:, 0] if squeeze else x
 
     def _ft_draws(self, rng: np.random.Generator) -> dict:
         """One sample's random draws for the FT-space path (``None`` where an artifact is off).

@@ -87,6 +87,15 @@ def peak_features(images: list[np.ndarray], peaks: np.ndarray, scale: float, hal
     return np.log1p(feats / scale)
 
 
+def stacked_peak_features(images: list[np.ndarray], peaks: np.ndarray, scale: float,
+                          shells: list[np.ndarray] | None = None) -> np.ndarray:
+    """:func:`peak_features` of single images, or of every channel of stacked ``(C, H, W)`` inputs side by side."""
+    if np.ndim(images[0]) == 2:
+        return peak_features(images, peaks, scale, shells=shells)
+    return np.hstack([peak_features([im[c] for im in images], peaks, scale, shells=shells)
+                      for c in range(np.shape(images[0])[0])])
+
+
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :] - 2.0 * a @ b.T
     return np.maximum(d, 0.0)
@@ -133,7 +142,7 @@ def _select(candidates, x_train, y_train, x_val, y_val):
 
 def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targets=(DEFAULT_TARGET,),
                   input_size: int | None = 64, which=BASELINES, val_fraction: float = 0.15,
-                  test_fraction: float = 0.15) -> dict:
+                  test_fraction: float = 0.15, channels: str | dict | None = None) -> dict:
     """Fit and score the classical baselines.
 
     Parameters
@@ -141,6 +150,8 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
     store : store or path.
     split : split kind or a :class:`Split` (pass ``run.split`` to compare with a network run).
     input_size : image side for the PCA baselines (area down-sampling; None keeps full size).
+    channels : stack this parameter's values as channels (as ``train(channels=...)``; pass
+        ``run.normalizer.channels`` with ``run.split``).
 
     Returns
     -------
@@ -156,14 +167,15 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
     if unknown:
         raise MoireSTMError(f"unknown baselines {sorted(unknown)}; choose from {', '.join(BASELINES)}")
     targets = [targets] if isinstance(targets, str) else list(targets)
-    st = open_store(store)
+    st = open_store(store, channels)
     sp = split if isinstance(split, Split) else make_split(st, split, seed=seed, target=targets[0],
                                                            val_fraction=val_fraction, test_fraction=test_fraction)
     parts = {p: sp.keys(p) for p in ("train", "val", "test")}
     raw = {p: [np.asarray(st.image(k), dtype=np.float32) for k in keys] for p, keys in parts.items()}
     y = {p: targets_of(st, keys, targets) for p, keys in parts.items()}
-    norm = Normalizer.fit(raw["train"], y["train"], targets,
-                          input_size if input_size and input_size < raw["train"][0].shape[0] else None)
+    stacked = getattr(st, "channels", None)
+    size = input_size if input_size and input_size < raw["train"][0].shape[-1] else None
+    norm = Normalizer.fit(raw["train"], y["train"], targets, size, channels=stacked)
 
     def inputs(normalizer: Normalizer) -> dict:
         return {p: normalizer.transform_images(raw[p]).reshape(len(raw[p]), -1).numpy() for p in parts}
@@ -207,7 +219,7 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
         best = (None, np.inf, None)
         for standardise in STANDARDISE:
             nz = norm if standardise == "global" else Normalizer.fit(
-                raw["train"], y["train"], targets, norm.input_size, standardise=standardise)
+                raw["train"], y["train"], targets, norm.input_size, standardise=standardise, channels=stacked)
             xs = x if nz is norm else inputs(nz)  # the global inputs are those of the PCA baselines
             pred, vm, chosen = pixel_kernel_ridge({p: v.astype(np.float64) for p, v in xs.items()}, y)
             if vm < best[1]:
@@ -221,20 +233,21 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
         from sklearn.preprocessing import PolynomialFeatures
 
         mean_image = np.mean(raw["train"], axis=0)
+        mean_image = mean_image if mean_image.ndim == 2 else mean_image.mean(axis=0)  # peaks of all channels
         kx = read_array(st, parts["train"][0], "kx_nm")
         ky = read_array(st, parts["train"][0], "ky_nm")
         best, best_vm, best_info = None, np.inf, None
         for n in [n for n in (12, 24, 48) if n <= mean_image.size // 16] or [12]:
             peaks = find_peaks(mean_image, n_peaks=n)
             shells, radii = peak_shells(peaks, kx, ky, mean_image.shape)
-            f = {p: peak_features(raw[p], peaks, norm.scale, shells=shells) for p in ("train", "val")}
+            f = {p: stacked_peak_features(raw[p], peaks, norm.scale, shells=shells) for p in ("train", "val")}
             cands = [lambda a=a, d=d: make_pipeline(StandardScaler(), PolynomialFeatures(d), Ridge(alpha=a))
                      for a in alphas for d in (1, 2)]
             model, vm = _select(cands, f["train"], y["train"], f["val"], y["val"])
             if vm < best_vm:
                 best, best_vm, best_info = model, vm, (peaks, shells, radii)
         peaks, shells, radii = best_info
-        record("peak_ridge", best, best_vm, peak_features(raw["test"], peaks, norm.scale, shells=shells), t0)
+        record("peak_ridge", best, best_vm, stacked_peak_features(raw["test"], peaks, norm.scale, shells=shells), t0)
         results["peak_ridge"]["peaks"] = {"n_peaks": int(len(peaks)), "n_shells": len(shells),
                                           "shell_k": [round(r, 4) for r in radii],
                                           "k_unit": "nm^-1" if kx is not None else "pixel"}

@@ -7,6 +7,7 @@ The hand-over from the physics side is the :class:`moirestm.dataset.store.Store`
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,19 @@ SPLITS = ("random", "group", "interpolate", "extrapolate", "filling")
 
 
 # --------------------------------------------------------------------------- store access
-def open_store(source: Any):
-    """Return a store: open ``source`` if it is a path, else check it quacks like a Store."""
+def open_store(source: Any, channels: str | dict | None = None):
+    """Return a store: open ``source`` if it is a path, else check it quacks like a Store.
+
+    ``channels`` (a parameter name, or a Normalizer's ``channels`` record ``{name: values}``) returns
+    the :class:`StackedStore` whose samples stack that parameter's values as image channels.
+    """
+    if channels is not None:
+        if isinstance(channels, dict):
+            (name, values), = channels.items()
+            return StackedStore(open_store(source), name, values)
+        return StackedStore(open_store(source), channels)
+    if isinstance(source, StackedStore):
+        return source
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -39,6 +51,89 @@ def open_store(source: Any):
         if not callable(getattr(source, method, None)):
             raise MoireSTMError(f"{type(source).__name__} is not a store (no {method}() method)")
     return source
+
+
+class StackedStore:
+    """Store view whose samples are the stored images at every value of one parameter, as channels.
+
+    An STM experiment records maps at several bias energies of the same sample; stacking them
+    (``along="bias_ev"``) gives each input ``(C, H, W)``, one channel per value in ascending order.
+    Samples that share every other parameter form one stacked sample, keyed by its member keys joined
+    with ``+``; groups missing a value are left out.  Its ``params`` are the first member's with
+    ``along`` replaced by the list of values.
+
+    Parameters
+    ----------
+    store : the underlying store.
+    along : parameter stacked into channels (e.g. ``"bias_ev"``).
+    values : channel values to require (default: every value in the store's ok samples).
+    """
+
+    SEPARATOR = "+"
+
+    def __init__(self, store, along: str, values: Sequence[float] | None = None):
+        self.store, self.along = store, along
+        groups: dict[str, dict[float, str]] = {}
+        for key in store.keys(status="ok"):
+            params = store.params(key)
+            if along not in params:
+                raise MoireSTMError(f"cannot stack channels along {along!r}: sample {key} has no such parameter "
+                                    f"(has: {', '.join(sorted(params))})")
+            rest = json.dumps({k: v for k, v in params.items() if k != along}, sort_keys=True, default=str)
+            groups.setdefault(rest, {})[round(float(params[along]), 9)] = key
+        found = sorted({v for g in groups.values() for v in g})
+        self.values = [round(float(v), 9) for v in values] if values is not None else found
+        if len(self.values) < 2:
+            raise MoireSTMError(f"cannot stack channels along {along!r}: the store has "
+                                f"{len(found)} value(s) ({found}); at least 2 are needed")
+        self._members = {self.SEPARATOR.join(g[v] for v in self.values): [g[v] for v in self.values]
+                         for g in groups.values() if all(v in g for v in self.values)}
+        if not self._members:
+            raise MoireSTMError(f"no sample of the store has all {along} = {self.values}")
+        self._of_member = {m: key for key, members in self._members.items() for m in members}
+        self.path = store_path(store)
+
+    def __repr__(self) -> str:
+        return f"StackedStore({self.path or self.store!r}, along={self.along!r}, values={self.values})"
+
+    @property
+    def channels(self) -> dict:
+        """``{along: values}``, as recorded by the Normalizer of a run trained on this view."""
+        return {self.along: list(self.values)}
+
+    def keys(self, status: str | None = "ok") -> list[str]:
+        return sorted(self._members) if status in ("ok", None) else []
+
+    def members(self, key: str) -> list[str]:
+        """Underlying sample keys of a stacked sample, one per channel."""
+        if key not in self._members:
+            raise MoireSTMError(f"{key!r} is not a stacked sample of this store")
+        return list(self._members[key])
+
+    def stacked_key(self, key: str) -> str:
+        """The stacked sample of a stacked key or of one of its member keys."""
+        if key in self._members:
+            return key
+        if key in self._of_member:
+            return self._of_member[key]
+        raise MoireSTMError(f"sample {key!r} is not part of a stacked sample with all {self.along} = {self.values}")
+
+    def params(self, key: str) -> dict:
+        return {**self.store.params(self.members(key)[0]), self.along: list(self.values)}
+
+    def image(self, key: str) -> np.ndarray:
+        return np.stack([np.asarray(self.store.image(m)) for m in self.members(key)])
+
+    def arrays(self, key: str, names=None) -> dict:
+        """Arrays of the first member (the k axes are shared; per-channel maps are not stacked)."""
+        first = self.members(key)[0]
+        if callable(getattr(self.store, "arrays", None)):
+            return self.store.arrays(first, names)
+        found = {n: read_array(self.store, first, n) for n in (names or [])}
+        missing = [n for n, v in found.items() if v is None]
+        if missing:
+            raise MoireSTMError(f"sample {first} has no dataset(s) {missing}")
+        return found
 
 
 def store_path(store) -> str | None:
@@ -210,15 +305,19 @@ class Normalizer:
     target_mean: np.ndarray
     target_std: np.ndarray
     log_input: bool = False
+    channels: dict | None = None
 
     @classmethod
     def fit(cls, images: Sequence[np.ndarray], targets: np.ndarray, target_names: Sequence[str],
-            input_size: int | None, standardise: str = "global") -> "Normalizer":
+            input_size: int | None, standardise: str = "global", channels: dict | None = None) -> "Normalizer":
+        """Fit on training images ``(H, W)``, or ``(C, H, W)`` with ``channels = {parameter: values}``."""
         check_standardise(standardise)
         images = list(images)
         if not images:
             raise MoireSTMError("cannot fit a normalisation on an empty training split")
         shape = tuple(images[0].shape)
+        if len(shape) != (2 if channels is None else 3) or (channels and shape[0] != len(next(iter(channels.values())))):
+            raise MoireSTMError(f"training images of shape {shape} do not match the channels {channels}")
         log_input = any(float(np.min(im)) < 0 for im in images)
         if log_input:
             scale = 1.0
@@ -227,7 +326,8 @@ class Normalizer:
             if not np.isfinite(scale) or scale <= 0:
                 raise MoireSTMError("training images have a non-positive mean intensity; cannot normalise")
         probe = cls(shape, input_size, scale, np.zeros(1, np.float32), 1.0, [], np.zeros(1), np.ones(1), log_input)
-        logs = in_chunks(probe._features, images).numpy()[:, 0]
+        logs = in_chunks(probe._features, images).numpy()
+        logs = logs[:, 0] if channels is None else logs
         mean = logs.mean(axis=0)
         std = float((logs - mean).std()) or 1.0
         if standardise == "pixel":
@@ -236,13 +336,26 @@ class Normalizer:
         tstd = targets.std(axis=0)
         tstd = np.where(tstd > 0, tstd, 1.0)
         return cls(shape, input_size, scale, mean.astype(np.float32), std,
-                   list(target_names), targets.mean(axis=0), tstd, log_input)
+                   list(target_names), targets.mean(axis=0), tstd, log_input,
+                   None if channels is None else {k: list(v) for k, v in channels.items()})
+
+    @property
+    def n_channels(self) -> int:
+        """Input channels: 1, or one per stacked parameter value."""
+        return 1 if self.channels is None else int(self.image_shape[0])
+
+    def describe_input(self) -> str:
+        """What one raw input is, e.g. ``a 2-D FT-LDOS image`` or ``3 stacked images (bias_ev = ...)``."""
+        if self.channels is None:
+            return "a 2-D FT-LDOS image"
+        (name, values), = self.channels.items()
+        return f"{len(values)} stacked FT-LDOS images, shape (C, H, W), one per {name} = {values}"
 
     def check(self, image: np.ndarray) -> np.ndarray:
-        """Validate one raw image (shape, finiteness, sign) and return it as float32."""
+        """Validate one raw input (shape, finiteness, sign) and return it as float32."""
         arr = np.asarray(image)
-        if arr.ndim != 2:
-            raise MoireSTMError(f"expected a 2-D FT-LDOS image, got an array of shape {arr.shape}")
+        if arr.ndim != len(self.image_shape):
+            raise MoireSTMError(f"expected {self.describe_input()}, got an array of shape {arr.shape}")
         if tuple(arr.shape) != tuple(self.image_shape):
             raise MoireSTMError(f"image shape {arr.shape} does not match the model's "
                                 f"{tuple(self.image_shape)}")
@@ -256,32 +369,34 @@ class Normalizer:
         return arr
 
     def transform(self, image: np.ndarray) -> np.ndarray:
-        """Raw image (H, W) -> normalised model input (1, h, w) float32."""
+        """Raw input (H, W) or (C, H, W) -> normalised model input (C, h, w) float32."""
         return self.transform_batch(torch.from_numpy(np.asarray(image, dtype=np.float32))[None])[0].numpy()
 
     def transform_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Raw images (a sequence of ``(H, W)`` arrays) -> model inputs ``(B, 1, h, w)``, in chunks."""
+        """Raw inputs (a sequence of ``(H, W)`` or ``(C, H, W)`` arrays) -> ``(B, C, h, w)``, in chunks."""
         return in_chunks(self.transform_batch, images)
 
     def transform_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw images ``(B, H, W)`` -> normalised model inputs ``(B, 1, h, w)`` float32."""
+        """Raw inputs ``(B, H, W)`` or ``(B, C, H, W)`` -> normalised model inputs ``(B, C, h, w)`` float32."""
         mean = torch.from_numpy(np.asarray(self.pixel_mean, dtype=np.float32))
         std = torch.as_tensor(np.asarray(self.pixel_std, dtype=np.float32))
         return (self._features(images) - mean) / std
 
     def features(self, image: np.ndarray) -> np.ndarray:
-        """Down-sampled, log-scaled image ``(h, w)`` before standardisation (for display)."""
+        """Down-sampled, log-scaled image ``(h, w)`` before standardisation (for display; the first channel)."""
         return self._features(torch.from_numpy(np.asarray(image, dtype=np.float32))[None])[0, 0].numpy()
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(torch.float32)[:, None]
+        x = images.to(torch.float32)
+        x = x[:, None] if x.ndim == 3 else x
         if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size, self.input_size):
             x = F.adaptive_avg_pool2d(x, self.input_size)
         return x if self.log_input else torch.log1p(x / self.scale)
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        return tuple(self.pixel_mean.shape)
+        """Model-grid image shape ``(h, w)`` (each channel)."""
+        return tuple(self.pixel_mean.shape[-2:])
 
     def encode_targets(self, y: np.ndarray) -> np.ndarray:
         return ((np.asarray(y) - self.target_mean) / self.target_std).astype(np.float32)
@@ -298,7 +413,7 @@ class Normalizer:
                 "target_names": list(self.target_names),
                 "target_mean": torch.from_numpy(np.asarray(self.target_mean, dtype=np.float64)),
                 "target_std": torch.from_numpy(np.asarray(self.target_std, dtype=np.float64)),
-                "log_input": self.log_input}
+                "log_input": self.log_input, "channels": self.channels}
 
     @classmethod
     def from_state(cls, s: dict) -> "Normalizer":
@@ -306,7 +421,7 @@ class Normalizer:
         std = std.numpy() if torch.is_tensor(std) else float(std)
         return cls(tuple(s["image_shape"]), s["input_size"], float(s["scale"]), s["pixel_mean"].numpy(),
                    std, list(s["target_names"]), s["target_mean"].numpy(),
-                   s["target_std"].numpy(), bool(s.get("log_input", False)))
+                   s["target_std"].numpy(), bool(s.get("log_input", False)), s.get("channels"))
 
 
 # --------------------------------------------------------------------------- dataset
@@ -359,7 +474,7 @@ class ImageDataset(Dataset):
         return torch.from_numpy(self.normalizer.transform(image)), torch.from_numpy(self._targets[i])
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs ``(B, 1, h, w)`` and targets ``(B, n_targets)`` of ``indices``, equal to stacking ``self[i]``.
+        """Inputs ``(B, C, h, w)`` and targets ``(B, n_targets)`` of ``indices``, equal to stacking ``self[i]``.
 
         Without augmentation the normalised inputs are computed once and kept (with ``cache``);
         an augmenter with a batched path (``batched``, e.g. FT-space presets) runs once per batch.
@@ -376,10 +491,10 @@ class ImageDataset(Dataset):
             return torch.stack([self[i][0] for i in idx]), y
         from .augment import sample_k_axes
 
-        out = torch.empty((len(idx), 1, *self.normalizer.input_shape), dtype=torch.float32)
+        out = torch.empty((len(idx), self.normalizer.n_channels, *self.normalizer.input_shape), dtype=torch.float32)
         groups: dict = {}
         for pos, i in enumerate(idx):  # images on the same k grid are augmented together
-            kx, ky = sample_k_axes(SampleArrays(self.store, self.keys[i]), self.raw(i).shape)
+            kx, ky = sample_k_axes(SampleArrays(self.store, self.keys[i]), self.raw(i).shape[-2:])
             groups.setdefault((len(kx), len(ky), kx[0], kx[-1], ky[0], ky[-1]), (kx, ky, []))[2].append(pos)
         for kx, ky, members in groups.values():
             raws = torch.from_numpy(np.stack([self.raw(idx[p]) for p in members]))
@@ -406,7 +521,7 @@ class SampleArrays:
 
 
 def batch_inputs(normalizer: Normalizer, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """Validate and normalise raw images into a model batch ``(B, 1, h, w)``."""
+    """Validate and normalise raw inputs into a model batch ``(B, C, h, w)``."""
     return normalizer.transform_images([normalizer.check(im) for im in images])
 
 
@@ -418,5 +533,5 @@ def in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], images: Sequence[np.nd
                       for i in range(0, len(images), size)])
 
 
-__all__ = ["open_store", "read_array", "targets_of", "Split", "make_split", "Normalizer", "ImageDataset",
+__all__ = ["open_store", "StackedStore", "read_array", "targets_of", "Split", "make_split", "Normalizer", "ImageDataset",
            "SampleArrays", "batch_inputs", "DEFAULT_TARGET", "SPLITS"]

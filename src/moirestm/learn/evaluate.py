@@ -83,7 +83,7 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
         if run.store is None:
             raise MoireSTMError("the run records no store path; pass the store to evaluate on")
         store = run.store
-    st = open_store(store)
+    st = open_store(store, run.normalizer.channels)
     path = store_path(st)
     own = run.store is not None and path is not None and Path(path).resolve() == Path(run.store).resolve()
     if own:

@@ -22,10 +22,10 @@ class MLP(nn.Module):
     """Fully connected baseline: flatten -> hidden layers (GELU, dropout) -> targets."""
 
     def __init__(self, in_shape: tuple[int, int], n_targets: int = 1, hidden: tuple[int, ...] = (256, 64),
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, in_channels: int = 1):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
-        width = in_shape[0] * in_shape[1]
+        width = in_channels * in_shape[0] * in_shape[1]
         for h in hidden:
             layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
             width = h
@@ -61,11 +61,11 @@ class CompactCNN(nn.Module):
     """
 
     def __init__(self, in_shape: tuple[int, int], n_targets: int = 1, width: int = 16, pool: int = 4,
-                 dropout: float = 0.1, norm: str = "group"):
+                 dropout: float = 0.1, norm: str = "group", in_channels: int = 1):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            *_conv_bn(1, w, kernel=5, stride=2, norm=norm),
+            *_conv_bn(in_channels, w, kernel=5, stride=2, norm=norm),
             *_conv_bn(w, 2 * w, norm=norm), nn.MaxPool2d(2),
             *_conv_bn(2 * w, 4 * w, norm=norm), nn.MaxPool2d(2),
             *_conv_bn(4 * w, 6 * w, norm=norm), nn.MaxPool2d(2),
@@ -101,16 +101,16 @@ class _BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 (He et al., CVPR 2016) with one input channel and a dropout + linear regression head.
+    """ResNet-18 (He et al., CVPR 2016) with ``in_channels`` inputs (default 1) and a dropout + linear regression head.
 
     ``norm="batch"`` is the original; ``"group"`` suits very small batches.
     """
 
     def __init__(self, in_shape: tuple[int, int], n_targets: int = 1, width: int = 64, dropout: float = 0.1,
-                 norm: str = "batch"):
+                 norm: str = "batch", in_channels: int = 1):
         super().__init__()
         w = width
-        self.stem = nn.Sequential(nn.Conv2d(1, w, 7, stride=2, padding=3, bias=False), _norm(norm, w),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 7, stride=2, padding=3, bias=False), _norm(norm, w),
                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
         stages, cin = [], w
         for i, cout in enumerate((w, 2 * w, 4 * w, 8 * w)):
@@ -140,7 +140,7 @@ def build_model(config: dict) -> nn.Module:
     Parameters
     ----------
     config : ``{"name": "mlp" | "cnn" | "resnet18", "in_shape": [h, w], "n_targets": int, **kwargs}``;
-        extra keys are passed to the model class (e.g. ``dropout``, ``width``).
+        extra keys are passed to the model class (e.g. ``dropout``, ``width``, ``in_channels``).
     """
     cfg = dict(config)
     name = cfg.pop("name", None)

@@ -207,7 +207,9 @@ def predict(run, source: Any, key: str | None = None, mc_samples: int = MC_SAMPL
     norm = run.normalizer
     is_store_path = isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in (".h5", ".hdf5")
     if is_store_path or (not isinstance(source, (str, os.PathLike, np.ndarray)) and hasattr(source, "image")):
-        store = open_store(source)
+        store = open_store(source, norm.channels)
+        if key is not None and norm.channels is not None:
+            key = store.stacked_key(key)  # a member key names its stack
         keys = [key] if key is not None else store.keys(status="ok")
         if key is not None and key not in store.keys(status="ok"):
             raise MoireSTMError(f"sample {key!r} is not an ok sample of the store")
@@ -218,8 +220,8 @@ def predict(run, source: Any, key: str | None = None, mc_samples: int = MC_SAMPL
     image, kind = load_image(source)
     note = ""
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise MoireSTMError(f"expected a 2-D FT-LDOS image, got shape {image.shape}")
+    if image.ndim != len(norm.image_shape):
+        raise MoireSTMError(f"expected {norm.describe_input()}, got shape {image.shape}")
     if kind == "png":
         # 8/16-bit images carry relative intensities only: match the training intensity scale
         norm.check(image)

@@ -67,6 +67,7 @@ class TrainConfig:
     device: str = "cpu"
     loss: str = "mse"
     standardise: str = "global"
+    channels: str | None = None
 
     #: fields that may differ when resuming
     RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs", "device")
@@ -242,7 +243,9 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     overwrite : allow replacing an existing run in ``out``.
     progress : show a progress bar.
     **options : :class:`TrainConfig` fields (``epochs``, ``seed``, ``augment``, ``max_minutes``,
-        ``targets``, ``input_size``, ``model_options``, ...).
+        ``targets``, ``input_size``, ``model_options``, ...).  ``channels="bias_ev"`` stacks the
+        images of every bias of one (U, filling, ...) point as input channels (see
+        :class:`moirestm.learn.data.StackedStore`); evaluation and prediction then take stacks too.
 
     Returns
     -------
@@ -261,9 +264,13 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     if cfg.loss not in LOSSES:
         raise MoireSTMError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
     check_standardise(cfg.standardise)  # before anything is written to ``out``
-    get_preset(cfg.augment, cfg.augment_space, cfg.symmetry)  # validate early
+    augment = Augmenter(cfg.augment, cfg.augment_space, cfg.symmetry)  # validate early
+    if cfg.channels is not None and not (augment.is_identity or augment.batched):
+        raise MoireSTMError("stacked channels need FT-space augmentation (augment_space='ft')")
+    if cfg.channels is not None and cfg.channels in cfg.targets:
+        raise MoireSTMError(f"cannot stack the target {cfg.channels!r} into input channels")
     device = training_device(cfg.device)
-    st = open_store(store)
+    st = open_store(store, cfg.channels)
     out = Path(out)
     if (out / CHECKPOINT).exists() and not (resume or overwrite):
         raise MoireSTMError(f"{out} already holds a run; pass resume or overwrite")
@@ -298,12 +305,12 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
         normalizer = Normalizer.fit([_checked(im, first.shape) for im in train_images],
                                     targets_of(st, split_obj.train, cfg.targets), cfg.targets,
                                     None if size == first.shape[-1] == first.shape[-2] else size,
-                                    standardise=cfg.standardise)
+                                    standardise=cfg.standardise, channels=getattr(st, "channels", None))
         model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
+                        **({"in_channels": normalizer.n_channels} if normalizer.channels else {}),
                         **cfg.model_options}
     (out / "split.json").write_text(json.dumps(split_obj.to_dict(), indent=1))
 
-    augment = Augmenter(cfg.augment, cfg.augment_space, cfg.symmetry)
     train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
     val_ds = ImageDataset(st, split_obj.val, normalizer)
     net = build_model(model_config).to(device)
