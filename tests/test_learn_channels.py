@@ -130,3 +130,23 @@ def test_channels_bad_options(toy, tmp_path):
     with pytest.raises(MoireSTMError, match="do not match the channels"):
         Normalizer.fit([toy.image(k) for k in toy.keys()[:3]], np.zeros((3, 1)), ["hubbard_u_ev"], None,
                        channels={"bias_ev": [-0.01, 0.01]})
+
+
+def test_cli_channels(toy, tmp_path):
+    from typer.testing import CliRunner
+
+    from moirestm.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", str(toy.path), "--model", "mlp", "--channels", "bias_ev", "--out",
+                              str(tmp_path / "r"), "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    view = StackedStore(toy, "bias_ev")
+    np.save(tmp_path / "stack.npy", view.image(view.keys()[0]))
+    res = runner.invoke(app, ["predict", str(tmp_path / "r"), str(tmp_path / "stack.npy"), "--json"])
+    assert res.exit_code == 0 and "hubbard_u_ev_sigma" in res.output, res.output
+    np.save(tmp_path / "single.npy", toy.image(toy.keys()[0]))
+    res = runner.invoke(app, ["predict", str(tmp_path / "r"), str(tmp_path / "single.npy")])
+    assert res.exit_code == 2 and "stacked FT-LDOS images" in res.output
+    res = runner.invoke(app, ["baselines", str(toy.path), "--run", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 0 and '"kernel_ridge"' in res.output, res.output
