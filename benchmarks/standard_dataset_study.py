@@ -111,7 +111,25 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
                                                 model_options={"norm": "batch"}, loss="l1", standardise="pixel")),
             # 64-px inputs: each epoch ~4x cheaper, so ~4x more epochs in the same budget
             ("cnn-group-bias-64", dict(model="cnn", split="group", channels="bias_ev", input_size=64,
-                                       epochs=1600))]
+                                       epochs=1600)),
+            # BatchNorm / L1 / per-pixel standardisation ran out of epochs (400) before the budget did
+            ("cnn-group-bias-64-noisy", dict(model="cnn", split="group", channels="bias_ev", input_size=64,
+                                             epochs=1600, augment="noisy")),
+            ("cnn-group-bias-64-seed1", dict(model="cnn", split="group", channels="bias_ev", input_size=64,
+                                             epochs=1600, seed=1)),
+            ("cnn-group-bias-64-seed2", dict(model="cnn", split="group", channels="bias_ev", input_size=64,
+                                             epochs=1600, seed=2)),
+            ("cnn-group-bias-64-noisy-seed1", dict(model="cnn", split="group", channels="bias_ev", input_size=64,
+                                                   epochs=1600, augment="noisy", seed=1)),
+            ("cnn-group-64", dict(model="cnn", split="group", input_size=64, epochs=1600)),
+            ("cnn-group-bias-precise", dict(model="cnn", split="group", channels="bias_ev", epochs=1000,
+                                            model_options={"norm": "batch"}, loss="l1", standardise="pixel")),
+            ("cnn-group-bias-precise-seed1", dict(model="cnn", split="group", channels="bias_ev", epochs=1000,
+                                                  model_options={"norm": "batch"}, loss="l1",
+                                                  standardise="pixel", seed=1)),
+            ("cnn-group-bias-precise-noisy", dict(model="cnn", split="group", channels="bias_ev", epochs=1000,
+                                                  model_options={"norm": "batch"}, loss="l1",
+                                                  standardise="pixel", augment="noisy"))]
     for name, kw in plan:
         if args.only is not None and name not in args.only:
             continue
@@ -122,7 +140,8 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
         t = time.perf_counter()
         kw = dict(kw)
         epochs = 4 if args.quick else kw.pop("epochs", args.epochs)
-        run = train(store, out=args.out / name, overwrite=True, progress=False, seed=0, device=args.device,
+        run = train(store, out=args.out / name, overwrite=True, progress=False, seed=kw.pop("seed", 0),
+                    device=args.device,
                     max_minutes=budget, epochs=epochs, patience=max(epochs // 5, 2),
                     min_epochs=max(epochs // 5, 2), **kw)
         wall = time.perf_counter() - t
