@@ -35,7 +35,7 @@ def write_toy_store(path, u_values=U_VALUES, drop=()):
             for bias, centre in CENTRES.items():
                 if (u, bias) in drop:
                     continue
-                params = {"hubbard_u_ev": float(u), "bias_ev": bias, "filling": 0.0}
+                params = {"hubbard_u_ev": float(u), "bias_ev": bias, "filling": 0.0, "synthetic_label": "toy"}
                 stm, x, _ = toy_map(2 * abs(u - centre), 0.0, 48, noise=0.01, rng=rng)
                 ft = numpy_ft(stm, float(x[1] - x[0]), float(x[1] - x[0]), kx, ky).astype(np.float32)
                 store.write_sample(sample_key(params), params, {"ft_image": ft, "kx_nm": kx, "ky_nm": ky})
@@ -67,6 +67,8 @@ def test_stacked_store_groups_channels(toy):
 def test_stacked_store_bad_input(toy):
     with pytest.raises(MoireSTMError, match="no such parameter"):
         StackedStore(toy, "dielectric")
+    with pytest.raises(MoireSTMError, match="must be numbers"):
+        StackedStore(toy, "synthetic_label")
     with pytest.raises(MoireSTMError, match="at least 2"):
         StackedStore(toy, "filling")
     with pytest.raises(MoireSTMError, match="not part of a stacked sample"):

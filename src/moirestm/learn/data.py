@@ -79,8 +79,13 @@ class StackedStore:
             if along not in params:
                 raise MoireSTMError(f"cannot stack channels along {along!r}: sample {key} has no such parameter "
                                     f"(has: {', '.join(sorted(params))})")
+            try:
+                value = round(float(params[along]), 9)
+            except (TypeError, ValueError):
+                raise MoireSTMError(f"cannot stack channels along {along!r}: its values must be numbers, "
+                                    f"sample {key} has {params[along]!r}") from None
             rest = json.dumps({k: v for k, v in params.items() if k != along}, sort_keys=True, default=str)
-            groups.setdefault(rest, {})[round(float(params[along]), 9)] = key
+            groups.setdefault(rest, {})[value] = key
         found = sorted({v for g in groups.values() for v in g})
         self.values = [round(float(v), 9) for v in values] if values is not None else found
         if len(self.values) < 2:

@@ -35,6 +35,8 @@ LAST = "last.pt"
 LR_FLOOR = 0.01
 #: Fraction of the time left that a schedule fitted to ``max_minutes`` plans to use (re-estimated each epoch).
 BUDGET_MARGIN = 0.95
+#: Epochs whose median duration is the epoch cost of that estimate (robust to a few slow epochs).
+EPOCH_COST_WINDOW = 10
 #: Training losses on standardised targets: "l1" optimises the reported MAE directly, "huber" (delta =
 #: 0.1 target std) is quadratic for small and linear for large errors, "mse" weights outliers most.
 LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
@@ -375,12 +377,13 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
             elif epoch >= cfg.min_epochs:
                 bad_epochs += 1
             if budget is not None and epoch > start_epoch and not timed_out:
-                # fit the cosine into the time budget from the mean epoch cost after the first epoch (which
-                # reads the data); later epochs only shorten it, so the annealing finishes inside the budget
+                # fit the cosine into the time budget at the median cost of the recent epochs (the first
+                # epoch, which reads the data, is left out); re-fitted every epoch in both directions, so a
+                # slow spell early on (other jobs on the cores) does not shorten the run for good
                 epoch_times.append(time.perf_counter() - t_epoch)
                 left = budget - (time.perf_counter() - t0)
-                fit = epoch + 1 + int(BUDGET_MARGIN * left / float(np.mean(epoch_times)))
-                schedule_epochs = min(schedule_epochs, fit)
+                cost = float(np.median(epoch_times[-EPOCH_COST_WINDOW:]))
+                schedule_epochs = min(cfg.epochs, epoch + 1 + int(BUDGET_MARGIN * left / cost))
             _atomic_save({"config": cfg.to_dict(), "split": split_obj.to_dict(), "normalizer": normalizer.state(),
                           "model_config": model_config, "state_dict": net.state_dict(),
                           "optimizer": opt.state_dict(), "epoch": epoch, "schedule_epochs": schedule_epochs,
