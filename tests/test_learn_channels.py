@@ -62,6 +62,9 @@ def test_stacked_store_groups_channels(toy):
     assert view.stacked_key(members[1]) == key and view.stacked_key(key) == key
     assert view.arrays(key, ["kx_nm"])["kx_nm"].shape == (24,)
     assert open_store(toy, {"bias_ev": [-0.01, 0.01]}).keys() == view.keys()
+    assert open_store(view, "bias_ev") is view and open_store(view, view.channels) is view  # not stacked twice
+    with pytest.raises(MoireSTMError, match="stacks"):
+        open_store(view, "filling")
 
 
 def test_stacked_store_bad_input(toy):

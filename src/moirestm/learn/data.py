@@ -29,15 +29,16 @@ def open_store(source: Any, channels: str | dict | None = None):
     """Return a store: open ``source`` if it is a path, else check it quacks like a Store.
 
     ``channels`` (a parameter name, or a Normalizer's ``channels`` record ``{name: values}``) returns
-    the :class:`StackedStore` whose samples stack that parameter's values as image channels.
+    the :class:`StackedStore` whose samples stack that parameter's values as image channels; a
+    ``StackedStore`` given as ``source`` is returned as it is if it stacks the same way.
     """
-    if channels is not None:
-        if isinstance(channels, dict):
-            (name, values), = channels.items()
-            return StackedStore(open_store(source), name, values)
-        return StackedStore(open_store(source), channels)
+    name, values = next(iter(channels.items())) if isinstance(channels, dict) else (channels, None)
     if isinstance(source, StackedStore):
-        return source
+        if name is None or (name == source.along and (values is None or source.values == _channel_values(values))):
+            return source
+        raise MoireSTMError(f"the store view stacks {source.channels}, not {channels}")
+    if name is not None:
+        return StackedStore(open_store(source), name, values)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -51,6 +52,11 @@ def open_store(source: Any, channels: str | dict | None = None):
         if not callable(getattr(source, method, None)):
             raise MoireSTMError(f"{type(source).__name__} is not a store (no {method}() method)")
     return source
+
+
+def _channel_values(values: Sequence[float]) -> list[float]:
+    """Channel values as :class:`StackedStore` keeps them (rounded to 1e-9, so float noise does not split groups)."""
+    return [round(float(v), 9) for v in values]
 
 
 class StackedStore:
@@ -87,7 +93,7 @@ class StackedStore:
             rest = json.dumps({k: v for k, v in params.items() if k != along}, sort_keys=True, default=str)
             groups.setdefault(rest, {})[value] = key
         found = sorted({v for g in groups.values() for v in g})
-        self.values = [round(float(v), 9) for v in values] if values is not None else found
+        self.values = _channel_values(values) if values is not None else found
         if len(self.values) < 2:
             raise MoireSTMError(f"cannot stack channels along {along!r}: the store has "
                                 f"{len(found)} value(s) ({found}); at least 2 are needed")
