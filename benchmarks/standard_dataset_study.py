@@ -125,6 +125,13 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
                                              epochs=1600, seed=4)),
             ("cnn-group-bias-64-noisy-seed1", dict(model="cnn", split="group", channels="bias_ev", input_size=64,
                                                    epochs=1600, augment="noisy", seed=1)),
+            # session 5: network + pixel kernel ridge blend (the default), group split keeping the U ends in training
+            *[(f"blend-group-bias-64{'' if seed == 0 else f'-seed{seed}'}",
+               dict(model="cnn", split="group", channels="bias_ev", input_size=64, epochs=1600, seed=seed))
+              for seed in range(5)],
+            *[(f"blend-group-bias-64-noisy{'' if seed == 0 else f'-seed{seed}'}",
+               dict(model="cnn", split="group", channels="bias_ev", input_size=64, epochs=1600, augment="noisy",
+                    seed=seed)) for seed in range(2)],
             ("cnn-group-64", dict(model="cnn", split="group", input_size=64, epochs=1600)),
             ("cnn-group-bias-precise", dict(model="cnn", split="group", channels="bias_ev", epochs=1000,
                                             model_options={"norm": "batch"}, loss="l1", standardise="pixel")),
@@ -154,11 +161,12 @@ def train_and_analyse(args, store, results, save, left_min) -> None:
         worst = sorted(u["per_value"], key=lambda r: -r["mae"])[:5]
         results["stages"][name] = {"mae_ev": u["mae"], "rmse_ev": u["rmse"], "r2": u["r2"], "n_test": u["n"],
                                    "coverage": u["coverage"], "best": run.best, "wall_s": wall,
-                                   "budget_min": budget, "worst_u": [(r["value"], r["mae"]) for r in worst]}
+                                   "budget_min": budget, "worst_u": [(r["value"], r["mae"]) for r in worst],
+                                   "held_out": run.split.held_out, "components": u.get("components")}
         if kw.get("augment") == "noisy":  # also score on held-out images corrupted the same way
             corrupted = evaluate(run, plots=True, corrupt="noisy")["targets"]["hubbard_u_ev"]
             results["stages"][name]["noisy_test"] = {"mae_ev": corrupted["mae"], "rmse_ev": corrupted["rmse"],
-                                                     "r2": corrupted["r2"]}
+                                                     "r2": corrupted["r2"], "components": corrupted.get("components")}
         save()
     if (args.only is None or "baselines-bias" in args.only) and (args.out / "cnn-group-bias" / "checkpoint.pt").exists():
         from moirestm.learn import Run

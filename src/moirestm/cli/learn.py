@@ -45,6 +45,8 @@ def train_cmd(
     norm: Optional[str] = typer.Option(None, help="cnn / resnet18 normalisation layers: group | batch"),
     channels: Optional[str] = typer.Option(
         None, help="stack the images at every value of this parameter (e.g. bias_ev) as input channels"),
+    kernel: bool = typer.Option(True, help="blend the network with a pixel kernel ridge (weight chosen on "
+                                           "validation)"),
 ) -> None:
     """Train a network to predict U from FT-LDOS images; prints the held-out test metrics."""
     from ..learn import evaluate, train
@@ -54,11 +56,15 @@ def train_cmd(
                 lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
                 symmetry=symmetry,
                 input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
-                device=device, loss=loss, standardise=standardise, channels=channels,
+                device=device, loss=loss, standardise=standardise, channels=channels, kernel=kernel,
                 model_options={} if norm is None else {"norm": norm})
     best = run.best
     console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val MAE "
                   f"{', '.join(f'{v:.4g}' for v in best['val_mae'])}, time to best {best['time_s']:.1f} s")
+    if run.kernel is not None:
+        v = run.kernel.val_mae
+        console.print(f"blend: {run.kernel.describe()}; val MAE network {v['network']:.4g}, kernel "
+                      f"{v['kernel']:.4g}, blend {v['blend']:.4g}")
     result = evaluate(run)
     for name, m in result["targets"].items():
         console.print(f"test {name}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R² {m['r2']:.4f}  "

@@ -122,14 +122,14 @@ def _metrics_section(run, metrics: dict, baselines: dict | None, trivial: dict, 
     parts = ["<h2>Training</h2>"]
     best = run.best
     parts.append(_table(["model", "parameters", "split", "best epoch", "stopped", "time to best (s)"],
-                        [[run.model_config["name"], best.get("n_parameters"), run.split.kind, best.get("epoch"),
+                        [[run.name, best.get("n_parameters"), run.split.kind, best.get("epoch"),
                           best.get("stopped"), best.get("time_s")]]))
     parts.append(_figure(curves, "Training loss and validation MAE per epoch."))
     parts.append("<h2>Metrics on the held-out test split</h2>")
     rows = []
     for name, m in metrics["targets"].items():
         cov = m.get("coverage", {})
-        rows.append([f"{run.model_config['name']} ({name})", m["mae"], m["rmse"], m["r2"], m["n"],
+        rows.append([f"{run.name} ({name})", m["mae"], m["rmse"], m["r2"], m["n"],
                      cov.get("within_1sigma"), cov.get("within_2sigma")])
     for name, m in trivial.items():
         rows.append([f"training mean ({name})", m["mae"], m["rmse"], m["r2"], m["n"], None, None])

@@ -3,10 +3,10 @@
 Notebook API::
 
     from moirestm.learn import train, Run, evaluate, predict, run_baselines
-    run = train("data.h5", model="cnn", split="group", out="runs/x")
+    run = train("data.h5", model="cnn", split="group", out="runs/x")   # CNN + pixel kernel ridge blend
     run = Run.load("runs/x")
     metrics = evaluate(run)                 # held-out test split of the training store
-    p = predict(run, "image.npy")           # U ± sigma (MC dropout, recalibrated)
+    p = predict(run, "image.npy")           # U ± sigma (MC dropout + disagreement, recalibrated)
     table = run_baselines("data.h5", split="group")
 
 Imports torch; the physics modules never import this package.
@@ -18,8 +18,9 @@ from .data import ImageDataset, Normalizer, Split, make_split, open_store
 from .evaluate import evaluate, regression_metrics
 from .models import MODELS, build_model
 from .predict import Prediction, predict
-from .train import Run, TrainConfig, train
+from .kernel import KernelBlend, PixelKernelRidge
+from .train import Run, TrainConfig, attach_kernel, train
 
-__all__ = ["train", "Run", "TrainConfig", "evaluate", "predict", "Prediction", "run_baselines", "make_split",
+__all__ = ["train", "attach_kernel", "Run", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate", "predict", "Prediction", "run_baselines", "make_split",
            "Split", "Normalizer", "ImageDataset", "open_store", "Augmenter", "AugmentConfig", "PRESETS",
            "build_model", "MODELS", "regression_metrics"]

@@ -22,13 +22,11 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import MoireSTMError
-from .data import STANDARDISE, DEFAULT_TARGET, Normalizer, Split, make_split, open_store, read_array, targets_of
+from .data import DEFAULT_TARGET, Normalizer, Split, make_split, open_store, read_array, targets_of
 from .evaluate import regression_metrics
+from .kernel import fit_pixel_kernel, flat_inputs
 
 BASELINES = ("pca_ridge", "pca_kernel_ridge", "kernel_ridge", "peak_ridge")
-#: Grids of the pixel kernel ridge: gamma in units of 1 / (number of pixels), and the ridge alpha.
-KRR_GAMMAS = np.logspace(-3, 1, 13)
-KRR_ALPHAS = np.logspace(-7, -1, 7)
 
 
 def find_peaks(mean_image: np.ndarray, n_peaks: int = 36, exclude_radius: int = 2, size: int = 3
@@ -96,40 +94,6 @@ def stacked_peak_features(images: list[np.ndarray], peaks: np.ndarray, scale: fl
                       for c in range(np.shape(images[0])[0])])
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)
-
-
-def pixel_kernel_ridge(x: dict, y: dict) -> tuple[np.ndarray, float, dict]:
-    """RBF kernel ridge over all pixels, (gamma, alpha) chosen by validation MAE.
-
-    ``x[part]`` are flattened inputs and ``y[part]`` targets for ``train``, ``val``, ``test``.
-    One eigendecomposition of the training kernel per gamma serves every alpha.
-
-    Returns
-    -------
-    test predictions, validation MAE, chosen ``{"gamma", "alpha"}`` (gamma times the pixel count).
-    """
-    d = x["train"].shape[1]
-    ymu, ysd = y["train"].mean(0), y["train"].std(0) + 1e-12
-    yt = (y["train"] - ymu) / ysd
-    dist = {p: _squared_distances(x[p], x["train"]) for p in ("train", "val", "test")}
-    best = (np.inf, None, None)
-    for g in KRR_GAMMAS:
-        lam, vec = np.linalg.eigh(np.exp(-g / d * dist["train"]))
-        proj = vec.T @ yt
-        k_val = np.exp(-g / d * dist["val"])
-        for a in KRR_ALPHAS:
-            coef = vec @ (proj / (np.maximum(lam, 0.0) + a)[:, None])
-            mae = float(np.mean(np.abs((k_val @ coef) * ysd + ymu - y["val"])))
-            if mae < best[0]:
-                best = (mae, g, a, coef)
-    mae, g, a, coef = best
-    pred = (np.exp(-g / d * dist["test"]) @ coef) * ysd + ymu
-    return pred, mae, {"gamma": float(g), "alpha": float(a)}
-
-
 def _select(candidates, x_train, y_train, x_val, y_val):
     best, best_mae = None, np.inf
     for make in candidates:
@@ -177,10 +141,7 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
     size = input_size if input_size and input_size < raw["train"][0].shape[-1] else None
     norm = Normalizer.fit(raw["train"], y["train"], targets, size, channels=stacked)
 
-    def inputs(normalizer: Normalizer) -> dict:
-        return {p: normalizer.transform_images(raw[p]).reshape(len(raw[p]), -1).numpy() for p in parts}
-
-    x = inputs(norm)
+    x = {p: flat_inputs(norm, raw[p]) for p in parts}
     n_train = len(parts["train"])
     comps = sorted({c for c in (8, 16, 32) if c < n_train} or {max(1, n_train - 1)})
     alphas = np.logspace(-4, 3, 15)
@@ -216,16 +177,11 @@ def run_baselines(store: Any, split: str | Split = "group", seed: int = 0, targe
                                           for j, t in enumerate(targets)}}
     if "kernel_ridge" in which:
         t0 = time.perf_counter()
-        best = (None, np.inf, None)
-        for standardise in STANDARDISE:
-            nz = norm if standardise == "global" else Normalizer.fit(
-                raw["train"], y["train"], targets, norm.input_size, standardise=standardise, channels=stacked)
-            xs = x if nz is norm else inputs(nz)  # the global inputs are those of the PCA baselines
-            pred, vm, chosen = pixel_kernel_ridge({p: v.astype(np.float64) for p, v in xs.items()}, y)
-            if vm < best[1]:
-                best = (pred, vm, {**chosen, "standardise": standardise})
-        pred, vm, chosen = best
-        results["kernel_ridge"] = {"fit_s": time.perf_counter() - t0, "val_mae": vm, "chosen": chosen,
+        kernel, knorm = fit_pixel_kernel(raw["train"], y["train"], raw["val"], y["val"], norm)
+        pred = kernel.predict(flat_inputs(knorm, raw["test"]))
+        chosen = {"gamma": kernel.gamma, "alpha": kernel.alpha,
+                  "standardise": knorm.standardise}
+        results["kernel_ridge"] = {"fit_s": time.perf_counter() - t0, "val_mae": kernel.val_mae, "chosen": chosen,
                                    **{t: regression_metrics(y["test"][:, j], pred[:, j])
                                       for j, t in enumerate(targets)}}
     if "peak_ridge" in which:

@@ -225,8 +225,10 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
 
     Parameters
     ----------
-    kind : ``random`` (samples), ``group`` (whole values of ``target`` held out, so no test
-        value is ever seen in training), ``interpolate`` (held-out *intermediate* values; the
+    kind : ``random`` (samples), ``group`` (whole values of ``target``, drawn at random, held
+        out, so no test value is ever seen in training; the lowest and highest values stay in
+        training, so the test is not an extrapolation, unless too few values are left to draw
+        from: ``held_out["ends"]`` says which), ``interpolate`` (held-out *intermediate* values; the
         two ends stay in training), ``extrapolate`` (held-out ends: test = lowest and highest
         values, validation the next ones inward), ``filling`` (whole fillings held out).
     seed : fixes the draw.
@@ -251,8 +253,13 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
     if len(groups) < 3:
         raise MoireSTMError(f"split {kind!r} needs at least 3 distinct values of {group_by}, found {len(groups)}")
     n_val, n_test = _counts(len(groups), val_fraction, test_fraction)
+    ends = None
     if kind in ("group", "filling"):
-        perm = groups[rng.permutation(len(groups))]
+        pool = groups
+        if kind == "group":  # held-out ends would test extrapolation (the ``extrapolate`` split's job)
+            ends = "train" if len(groups) - 2 >= n_val + n_test else "drawn"
+            pool = groups[1:-1] if ends == "train" else groups
+        perm = pool[rng.permutation(len(pool))]
         test_g, val_g = perm[:n_test], perm[n_test:n_test + n_val]
     elif kind == "interpolate":
         interior = groups[1:-1]
@@ -275,7 +282,7 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
     train, val, test = [], [], []
     for key, v in zip(keys, rounded):
         (test if v in test_set else val if v in val_set else train).append(key)
-    held = {"by": group_by, "val": sorted(val_set), "test": sorted(test_set)}
+    held = {"by": group_by, "val": sorted(val_set), "test": sorted(test_set), **({"ends": ends} if ends else {})}
     return Split(kind, seed, train=train, val=val, test=test, group_by=group_by, held_out=held)
 
 
@@ -349,6 +356,11 @@ class Normalizer:
         return cls(shape, input_size, scale, mean.astype(np.float32), std,
                    list(target_names), targets.mean(axis=0), tstd, log_input,
                    None if channels is None else {k: list(v) for k, v in channels.items()})
+
+    @property
+    def standardise(self) -> str:
+        """``"pixel"`` (a per-pixel std) or ``"global"`` (one std)."""
+        return "pixel" if isinstance(self.pixel_std, np.ndarray) else "global"
 
     @property
     def n_channels(self) -> int:
@@ -478,40 +490,49 @@ class ImageDataset(Dataset):
         return image
 
     def __getitem__(self, i: int):
-        image = self.raw(i)
-        if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            image = self.augment(image, rng, SampleArrays(self.store, self.keys[i]))
+        image = self.augmented([i])[0]
         return torch.from_numpy(self.normalizer.transform(image)), torch.from_numpy(self._targets[i])
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs ``(B, C, h, w)`` and targets ``(B, n_targets)`` of ``indices``, equal to stacking ``self[i]``.
+    def augmented(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Raw inputs of ``indices`` with this epoch's augmentation draws, before normalisation.
 
-        Without augmentation the normalised inputs are computed once and kept (with ``cache``);
-        an augmenter with a batched path (``batched``, e.g. FT-space presets) runs once per batch.
+        Draws depend on (seed, epoch, index) only.  An augmenter with a batched path (``batched``,
+        e.g. FT-space presets) runs once per group of images on the same k grid.
         """
         idx = [int(i) for i in indices]
-        y = torch.from_numpy(self._targets[idx])
         if self.augment is None:
-            if not self.cache:
-                return self.normalizer.transform_images([self.raw(i) for i in idx]), y
-            if self._inputs is None:
-                self._inputs = self.normalizer.transform_images([self.raw(i) for i in range(len(self))])
-            return self._inputs[idx], y
+            return [self.raw(i) for i in idx]
+
+        def rng(i):
+            return np.random.default_rng([self.seed, self.epoch, i])
+
         if not getattr(self.augment, "batched", False):
-            return torch.stack([self[i][0] for i in idx]), y
+            return [self.augment(self.raw(i), rng(i), SampleArrays(self.store, self.keys[i])) for i in idx]
         from .augment import sample_k_axes
 
-        out = torch.empty((len(idx), self.normalizer.n_channels, *self.normalizer.input_shape), dtype=torch.float32)
+        out: list = [None] * len(idx)
         groups: dict = {}
-        for pos, i in enumerate(idx):  # images on the same k grid are augmented together
+        for pos, i in enumerate(idx):
             kx, ky = sample_k_axes(SampleArrays(self.store, self.keys[i]), self.raw(i).shape[-2:])
             groups.setdefault((len(kx), len(ky), kx[0], kx[-1], ky[0], ky[-1]), (kx, ky, []))[2].append(pos)
         for kx, ky, members in groups.values():
             raws = torch.from_numpy(np.stack([self.raw(idx[p]) for p in members]))
-            rngs = [np.random.default_rng([self.seed, self.epoch, idx[p]]) for p in members]
-            out[members] = self.normalizer.transform_batch(self.augment.batch(raws, rngs, kx, ky))
-        return out, y
+            for p, image in zip(members, self.augment.batch(raws, [rng(idx[p]) for p in members], kx, ky)):
+                out[p] = image.numpy()
+        return out
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ``(B, C, h, w)`` and targets ``(B, n_targets)`` of ``indices``, equal to stacking ``self[i]``.
+
+        Without augmentation the normalised inputs are computed once and kept (with ``cache``).
+        """
+        idx = [int(i) for i in indices]
+        y = torch.from_numpy(self._targets[idx])
+        if self.augment is None and self.cache:
+            if self._inputs is None:
+                self._inputs = self.normalizer.transform_images([self.raw(i) for i in range(len(self))])
+            return self._inputs[idx], y
+        return self.normalizer.transform_images(self.augmented(idx)), y
 
 
 class SampleArrays:

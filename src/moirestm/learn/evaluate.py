@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import MoireSTMError
 from .augment import Augmenter
 from .data import SampleArrays, open_store, store_path, targets_of
+from .predict import MC_SAMPLES, blend_mean, blend_parts, calibrated_sigma
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -103,16 +104,24 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
         images = [augment(im, np.random.default_rng([seed, i]), SampleArrays(st, k))
                   for i, (im, k) in enumerate(zip(images, keys))]
         label = f"{label}-{corrupt}"
-    mean, sigma = run.predict(images, mc_samples=mc_samples)
-    result = {"data": str(store_path(st)), "part": label, "n": len(keys), "model": run.model_config["name"],
-              "split": run.split.kind, "uncertainty": "MC dropout, validation-recalibrated",
+    n_mc = run.config.get("mc_samples", MC_SAMPLES) if mc_samples is None else mc_samples
+    network, spread, kernel = blend_parts(run, images, n_mc)
+    mean, disagreement = blend_mean(run, network, kernel)
+    sigma = calibrated_sigma(spread, run.calibration, disagreement)
+    result = {"data": str(store_path(st)), "part": label, "n": len(keys), "model": run.name,
+              "split": run.split.kind, "uncertainty": run.describe_uncertainty(),
               "corrupt": None if corrupt is None else {"preset": corrupt, "space": corrupt_space, "seed": seed},
               "targets": {}}
+    if run.kernel is not None:
+        result["blend"] = run.kernel.describe()
     for j, name in enumerate(names):
         result["targets"][name] = {**regression_metrics(y[:, j], mean[:, j]),
                                    "per_value": error_per_value(y[:, j], mean[:, j], sigma[:, j],
                                                                 None if seen is None else seen[:, j]),
                                    "coverage": coverage(y[:, j], mean[:, j], sigma[:, j])}
+        if kernel is not None:  # each half alone, for comparison
+            result["targets"][name]["components"] = {"network": regression_metrics(y[:, j], network[:, j]),
+                                                     "kernel": regression_metrics(y[:, j], kernel[:, j])}
     if out is None and plots and run.path is not None:
         out = Path(run.path) / f"eval-{label}"
     if out is not None:
@@ -125,7 +134,7 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
               **{f"{n}_sigma": float(sigma[i, j]) for j, n in enumerate(names)}} for i, k in enumerate(keys)],
             indent=1))
         if plots:
-            result["plots"] = plot_parity(y, mean, sigma, names, out, title=f"{run.model_config['name']} "
+            result["plots"] = plot_parity(y, mean, sigma, names, out, title=f"{run.name} "
                                           f"({run.split.kind} split, {label})")
         result["out"] = str(out)
     return result

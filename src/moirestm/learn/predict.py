@@ -8,7 +8,9 @@ under the 20 ms budget).  Raw MC-dropout spreads are known to be mis-scaled, so 
 predictive std is ``sigma^2 = (a * sigma_mc)^2 + b^2`` with ``a, b`` fitted per target by
 Gaussian negative log-likelihood of the validation residuals (an affine variance
 recalibration in the spirit of Kuleshov et al., ICML 2018); ``b`` absorbs the error floor
-that dropout cannot see.  Calibration is then checked on the *test* split by
+that dropout cannot see.  A run blended with a pixel kernel ridge (:mod:`moirestm.learn.kernel`)
+adds ``(c * |network - kernel|)^2``: the two models disagree most where the training images are
+sparse.  Calibration is then checked on the *test* split by
 :func:`moirestm.learn.evaluate.evaluate` (fraction of errors within 1 and 2 sigma).
 """
 
@@ -74,46 +76,59 @@ def mc_dropout(model: torch.nn.Module, x: torch.Tensor, n_samples: int = MC_SAMP
     return np.concatenate(points), np.concatenate(stds)
 
 
-def fit_calibration(residual: np.ndarray, sigma_mc: np.ndarray) -> dict:
+def fit_calibration(residual: np.ndarray, sigma_mc: np.ndarray, disagreement: np.ndarray | None = None) -> dict:
     """Fit ``sigma^2 = (a sigma_mc)^2 + b^2`` per target by Gaussian NLL of validation residuals.
+
+    With ``disagreement`` (``|network - kernel|`` of a blended run), a third term ``(c d)^2`` is fitted too.
 
     Parameters
     ----------
-    residual, sigma_mc : arrays ``(n, n_targets)`` in physical units.
+    residual, sigma_mc, disagreement : arrays ``(n, n_targets)`` in physical units.
 
     Returns
     -------
-    ``{"a": [...], "b": [...], "n": n}``.
+    ``{"a": [...], "b": [...], "n": n}`` (and ``"c": [...]`` with a disagreement).
     """
     residual = np.atleast_2d(np.asarray(residual, float))
     sigma_mc = np.atleast_2d(np.asarray(sigma_mc, float))
-    a_all, b_all = [], []
+    spreads = [sigma_mc] if disagreement is None else [sigma_mc, np.atleast_2d(np.asarray(disagreement, float))]
+    fitted = [[] for _ in range(len(spreads) + 1)]  # a, (c,) b
     for t in range(residual.shape[1]):
-        r2, s2 = residual[:, t] ** 2, sigma_mc[:, t] ** 2
+        r2 = residual[:, t] ** 2
+        s2 = [s[:, t] ** 2 for s in spreads]
         scale = math.sqrt(float(np.mean(r2))) or 1e-6
 
         def nll(p):
-            var = math.exp(2 * p[0]) * s2 + math.exp(2 * p[1]) + 1e-12 * scale ** 2
+            var = sum(math.exp(2 * q) * v for q, v in zip(p[:-1], s2)) + math.exp(2 * p[-1]) + 1e-12 * scale ** 2
             return float(np.mean(np.log(var) + r2 / var))
 
-        rms_mc = math.sqrt(float(np.mean(s2))) or 1e-6
+        ratios = [math.log(scale / (math.sqrt(float(np.mean(v))) or 1e-6)) for v in s2]
+        starts = ([*ratios, math.log(scale * 0.1)], [*(r + math.log(0.1) for r in ratios), math.log(scale)])
         best = None
-        for start in ([math.log(scale / rms_mc), math.log(scale * 0.1)], [math.log(scale / rms_mc * 0.1),
-                                                                          math.log(scale)]):
+        for start in starts:
             res = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-8})
             if best is None or res.fun < best.fun:
                 best = res
-        a_all.append(math.exp(best.x[0]))
-        b_all.append(math.exp(best.x[1]))
-    return {"a": a_all, "b": b_all, "n": int(residual.shape[0])}
+        for column, q in zip(fitted, best.x):
+            column.append(math.exp(q))
+    cal = {"a": fitted[0], "b": fitted[-1], "n": int(residual.shape[0])}
+    if disagreement is not None:
+        cal["c"] = fitted[1]
+    return cal
 
 
-def calibrated_sigma(sigma_mc: np.ndarray, calibration: dict | None) -> np.ndarray:
+def calibrated_sigma(sigma_mc: np.ndarray, calibration: dict | None, disagreement: np.ndarray | None = None
+                     ) -> np.ndarray:
     """Apply a calibration from :func:`fit_calibration` (identity if None)."""
     if not calibration:
         return sigma_mc
     a, b = np.asarray(calibration["a"]), np.asarray(calibration["b"])
-    return np.sqrt((a * sigma_mc) ** 2 + b ** 2)
+    var = (a * sigma_mc) ** 2 + b ** 2
+    if "c" in calibration:
+        if disagreement is None:
+            raise MoireSTMError("this calibration needs the network-kernel disagreement")
+        var = var + (np.asarray(calibration["c"]) * disagreement) ** 2
+    return np.sqrt(var)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -179,15 +194,34 @@ class Prediction:
 
 def predict_images(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Predict raw images: means and calibrated sigmas ``(n, n_targets)`` in physical units."""
+    """Predict raw images: means and calibrated sigmas ``(n, n_targets)`` in physical units.
+
+    A run with a kernel blend (``run.kernel``) returns ``w * network + (1 - w) * kernel``; its
+    sigma also grows with the disagreement of the two.
+    """
+    network, spread, kernel = blend_parts(run, images, mc_samples, seed)
+    mean, disagreement = blend_mean(run, network, kernel)
+    return mean, calibrated_sigma(spread, run.calibration, disagreement)
+
+
+def blend_mean(run, network: np.ndarray, kernel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``w * network + (1 - w) * kernel`` and the disagreement ``|network - kernel|`` (network and None
+    without a kernel)."""
+    if kernel is None:
+        return network, None
+    w = run.kernel.weight
+    return w * network + (1 - w) * kernel, np.abs(network - kernel)
+
+
+def blend_parts(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The network's predictions and MC-dropout std, and the kernel's predictions (None without a blend)."""
     from .data import batch_inputs
 
     norm = run.normalizer
-    x = batch_inputs(norm, images)
-    point, sd = mc_dropout(run.model, x, n_samples=mc_samples, seed=seed)
-    mean = norm.decode_targets(point)
-    sigma = calibrated_sigma(sd * norm.target_std, run.calibration)
-    return mean, sigma
+    point, sd = mc_dropout(run.model, batch_inputs(norm, images), n_samples=mc_samples, seed=seed)
+    kernel = None if run.kernel is None else run.kernel.kernel_predict(images)
+    return norm.decode_targets(point), sd * norm.target_std, kernel
 
 
 def predict(run, source: Any, key: str | None = None, mc_samples: int = MC_SAMPLES) -> Prediction | list[Prediction]:

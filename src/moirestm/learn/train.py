@@ -1,8 +1,8 @@
 """Training loop, self-describing checkpoints and the :class:`Run` object.
 
 A run directory holds ``checkpoint.pt`` (best weights + everything needed to use them:
-model config, normalisation, split, training config, MC-dropout calibration, package
-version), ``last.pt`` (optimiser state and schedule for ``resume``), ``run.json`` (a
+model config, normalisation, split, training config, the kernel half of a network + kernel
+blend, MC-dropout calibration, package version), ``last.pt`` (optimiser state and schedule for ``resume``), ``run.json`` (a
 readable summary and the training history) and ``split.json``.
 """
 
@@ -24,8 +24,9 @@ from ..errors import MoireSTMError
 from .augment import Augmenter, get_preset
 from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, check_standardise, make_split,
                    open_store, store_path, targets_of)
+from .kernel import KERNEL_MAX_TRAIN, KernelBlend
 from .models import DEFAULT_INPUT_SIZE, MODELS, build_model, count_parameters
-from .predict import MC_SAMPLES, calibrated_sigma, fit_calibration, mc_dropout
+from .predict import MC_SAMPLES, blend_mean, blend_parts, calibrated_sigma, fit_calibration, mc_dropout
 
 CHECKPOINT_FORMAT = "moirestm-learn-run"
 CHECKPOINT_VERSION = 1
@@ -37,6 +38,9 @@ LR_FLOOR = 0.01
 BUDGET_MARGIN = 0.95
 #: Epochs whose median duration is the epoch cost of that estimate (robust to a few slow epochs).
 EPOCH_COST_WINDOW = 10
+#: Augmented copies of each training image (kernel of a blend) and validation image (blend weight, calibration)
+#: added to the clean ones in runs with augmentation.
+AUGMENTED_COPIES = 1
 #: Training losses on standardised targets: "l1" optimises the reported MAE directly, "huber" (delta =
 #: 0.1 target std) is quadratic for small and linear for large errors, "mse" weights outliers most.
 LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss,
@@ -70,6 +74,7 @@ class TrainConfig:
     loss: str = "mse"
     standardise: str = "global"
     channels: str | None = None
+    kernel: bool = True
 
     #: fields that may differ when resuming
     RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs", "device")
@@ -90,7 +95,7 @@ class Run:
 
     def __init__(self, path: Path | None, model: torch.nn.Module, model_config: dict, normalizer: Normalizer,
                  split: Split, config: dict, history: list[dict], calibration: dict | None, store: str | None,
-                 version: str, best: dict):
+                 version: str, best: dict, kernel: KernelBlend | None = None):
         self.path = path
         self.model = model.eval()
         self.model_config = model_config
@@ -102,14 +107,25 @@ class Run:
         self.store = store
         self.version = version
         self.best = best
+        self.kernel = kernel
 
     def __repr__(self) -> str:
-        return (f"Run(model={self.model_config['name']!r}, targets={self.normalizer.target_names}, "
+        return (f"Run(model={self.name!r}, targets={self.normalizer.target_names}, "
                 f"split={self.split.kind!r}, best_epoch={self.best.get('epoch')}, path={str(self.path)!r})")
 
     @property
     def targets(self) -> list[str]:
         return list(self.normalizer.target_names)
+
+    @property
+    def name(self) -> str:
+        """The model's name, ``+kernel`` for a network + kernel blend (e.g. ``cnn+kernel``)."""
+        return self.model_config["name"] + ("+kernel" if self.kernel is not None else "")
+
+    def describe_uncertainty(self) -> str:
+        """How the predictive sigma is made."""
+        extra = " and network-kernel disagreement" if self.kernel is not None else ""
+        return f"MC dropout{extra}, validation-recalibrated"
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> dict:
@@ -117,7 +133,8 @@ class Run:
                 "moirestm_version": self.version, "model_config": self.model_config,
                 "state_dict": self.model.state_dict(), "normalizer": self.normalizer.state(),
                 "split": self.split.to_dict(), "config": self.config, "history": self.history,
-                "calibration": self.calibration, "store": self.store, "best": self.best}
+                "calibration": self.calibration, "store": self.store, "best": self.best,
+                "kernel": None if self.kernel is None else self.kernel.state()}
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write ``checkpoint.pt`` (atomically) into the run directory."""
@@ -158,7 +175,7 @@ class Run:
         return cls(path, model, state["model_config"], Normalizer.from_state(state["normalizer"]),
                    Split.from_dict(state["split"]), state["config"], state.get("history", []),
                    state.get("calibration"), state.get("store"), state.get("moirestm_version", "?"),
-                   state.get("best", {}))
+                   state.get("best", {}), None if state.get("kernel") is None else KernelBlend.from_state(state["kernel"]))
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: Sequence[np.ndarray], mc_samples: int | None = None
@@ -409,7 +426,10 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     run = Run(out, net, model_config, normalizer, split_obj, cfg.to_dict(), history, None,
               str(Path(store_path(st)).resolve()) if store_path(st) else None,
               __version__, best)
-    run.calibration = calibrate(run, val_ds)
+    val_images, y_val = validation_inputs(train_ds, val_ds)
+    if cfg.kernel:
+        run.kernel, run.best["kernel"] = fit_kernel_blend(run, train_ds, val_images, y_val)
+    run.calibration = calibrate(run, val_images, y_val)
     run.save(out)
     _write_summary(run, out)
     return run
@@ -421,15 +441,77 @@ def cosine_lr(lr: float, epoch: int, length: int) -> float:
     return lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def calibrate(run: Run, val_ds: ImageDataset) -> dict:
-    """Fit the MC-dropout variance calibration on the validation set."""
-    x, y = val_ds.batch(range(len(val_ds)))
-    y = run.normalizer.decode_targets(y.numpy())
-    point, sd = mc_dropout(run.model, x, n_samples=run.config.get("mc_samples", MC_SAMPLES))
-    mean = run.normalizer.decode_targets(point)
-    cal = fit_calibration(mean - y, sd * run.normalizer.target_std)
-    sig = calibrated_sigma(sd * run.normalizer.target_std, cal)
-    cal["val_coverage_1sigma"] = float(np.mean(np.abs(mean - y) <= sig))
+def _with_augmented_copies(dataset: ImageDataset) -> tuple[list[np.ndarray], np.ndarray]:
+    """Raw images and targets of a dataset, plus ``AUGMENTED_COPIES`` augmented copies with an augmenter."""
+    idx = range(len(dataset))
+    images = [dataset.raw(i) for i in idx]
+    y = targets_of(dataset.store, dataset.keys, dataset.normalizer.target_names)
+    if dataset.augment is None:
+        return images, y
+    for copy_ in range(AUGMENTED_COPIES):
+        dataset.set_epoch(10**9 + copy_)  # draws apart from every training epoch's
+        images += dataset.augmented(idx)
+    return images, np.concatenate([y] * (AUGMENTED_COPIES + 1))
+
+
+def validation_inputs(train_ds: ImageDataset, val_ds: ImageDataset) -> tuple[list[np.ndarray], np.ndarray]:
+    """Validation images for the blend weight and the calibration: clean, plus augmented copies (the
+    training augmenter, other draws) when the network was trained with augmentation."""
+    return _with_augmented_copies(ImageDataset(val_ds.store, val_ds.keys, val_ds.normalizer, train_ds.augment,
+                                               seed=train_ds.seed + 1))
+
+
+def fit_kernel_blend(run: Run, train_ds: ImageDataset, val_images: Sequence[np.ndarray], y_val: np.ndarray
+                     ) -> tuple[KernelBlend | None, dict]:
+    """Fit the pixel kernel ridge and the blend weight of a trained network (see :mod:`moirestm.learn.kernel`).
+
+    The kernel is fitted on the training images (clean, plus augmented copies with augmentation),
+    the weight on ``val_images`` (from :func:`validation_inputs`).  Returns the blend (None when
+    the training set is over ``KERNEL_MAX_TRAIN``) and a summary for ``run.best``.
+    """
+    t0 = time.perf_counter()
+    x_train, y_train = _with_augmented_copies(train_ds)
+    if len(x_train) > KERNEL_MAX_TRAIN:
+        return None, {"skipped": f"{len(x_train)} kernel training inputs > KERNEL_MAX_TRAIN = {KERNEL_MAX_TRAIN}"}
+    net_val = run.normalizer.decode_targets(mc_dropout(run.model, batch_inputs(run.normalizer, val_images),
+                                                       n_samples=1)[0])
+    blend = KernelBlend.fit(x_train, y_train, val_images, y_val, net_val, run.normalizer)
+    return blend, {"weight": blend.weight, "val_mae": blend.val_mae, "gamma": blend.kernel.gamma,
+                   "alpha": blend.kernel.alpha, "standardise": blend.normalizer.standardise,
+                   "n_train": len(x_train), "n_val": len(val_images), "fit_s": time.perf_counter() - t0}
+
+
+def attach_kernel(run: Run | str | Path, store: Any = None, save: bool = True) -> Run:
+    """Give a trained run (e.g. one trained with ``kernel=False``) the kernel half of a blend.
+
+    Fits the kernel and the weight on the run's own split and augmentation, refits the
+    calibration, and (with ``save``) rewrites the run's checkpoint.
+    """
+    if not isinstance(run, Run):
+        run = Run.load(run)
+    store = run.store if store is None else store
+    if store is None:
+        raise MoireSTMError("the run records no store path; pass the store it was trained on")
+    st = open_store(store, run.normalizer.channels)
+    cfg = {**TrainConfig().to_dict(), **run.config}
+    augment = Augmenter(cfg["augment"], cfg["augment_space"], cfg["symmetry"])
+    train_ds = ImageDataset(st, run.split.train, run.normalizer, None if augment.is_identity else augment, cfg["seed"])
+    val_images, y_val = validation_inputs(train_ds, ImageDataset(st, run.split.val, run.normalizer))
+    run.kernel, run.best["kernel"] = fit_kernel_blend(run, train_ds, val_images, y_val)
+    run.calibration = calibrate(run, val_images, y_val)
+    if save and run.path is not None:
+        run.save()
+        _write_summary(run, Path(run.path))
+    return run
+
+
+def calibrate(run: Run, val_images: Sequence[np.ndarray], y_val: np.ndarray) -> dict:
+    """Fit the predictive-sigma calibration on validation images (from :func:`validation_inputs`)."""
+    network, spread, kernel = blend_parts(run, val_images, run.config.get("mc_samples", MC_SAMPLES))
+    mean, disagreement = blend_mean(run, network, kernel)
+    cal = fit_calibration(mean - y_val, spread, disagreement)
+    sig = calibrated_sigma(spread, cal, disagreement)
+    cal["val_coverage_1sigma"] = float(np.mean(np.abs(mean - y_val) <= sig))
     return cal
 
 
@@ -458,4 +540,4 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-__all__ = ["Run", "TrainConfig", "train", "load_strict", "calibrate", "batch_inputs"]
+__all__ = ["Run", "TrainConfig", "train", "attach_kernel", "load_strict", "calibrate", "batch_inputs"]

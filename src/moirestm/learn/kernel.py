@@ -1,0 +1,192 @@
+"""Pixel RBF kernel ridge: a classical baseline, and the kernel half of the network + kernel blend.
+
+On clean simulations an RBF kernel ridge over every pixel of the normalised log FT-LDOS is the
+strongest single model, and its errors and a network's are weakly correlated: where a held-out U
+lies in a gap of the training values, the kernel interpolates smoothly between neighbouring images
+while the network does not (docs/benchmarks.md, "The ``standard`` study").  :class:`KernelBlend`
+predicts ``w * network + (1 - w) * kernel`` with ``w`` in [0, 1] chosen by the least validation
+squared error (stacked regression, Breiman, Machine Learning 24, 49 (1996)), so a kernel that
+does not help gets ``w = 1``; squared rather than absolute errors, so that a half with rare large
+errors (a kernel far from its training images) is not preferred for a slightly lower typical error.
+
+Hyper-parameters (``gamma``, ``alpha``, the image standardisation) are chosen by validation MAE;
+the kernel is fitted on the training split only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data import STANDARDISE, Normalizer
+
+#: Grids of the pixel kernel ridge: gamma in units of 1 / (number of input values), and the ridge alpha.
+KRR_GAMMAS = np.logspace(-3, 1, 13)
+KRR_ALPHAS = np.logspace(-7, -1, 7)
+#: Network weights ``w`` tried for the blend ``w * network + (1 - w) * kernel``.
+BLEND_WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
+#: Largest kernel training set (the training kernel is n x n; one eigendecomposition per gamma).
+KERNEL_MAX_TRAIN = 4000
+
+
+def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances ``(len(a), len(b))`` between the rows of ``a`` and ``b``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d = np.sum(a * a, axis=1)[:, None] + np.sum(b * b, axis=1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+@dataclass
+class PixelKernelRidge:
+    """RBF kernel ridge ``y = K(x, X_train) coef`` on flattened inputs (targets standardised).
+
+    Attributes
+    ----------
+    x_train : fitted inputs ``(n, d)``.
+    coef : dual coefficients ``(n, n_targets)`` of the standardised targets.
+    gamma : RBF width per input value: ``K = exp(-gamma |x - x'|^2 / d)``.
+    alpha : ridge regularisation.
+    y_mean, y_std : target standardisation (kernel ridge has no intercept).
+    val_mae : validation MAE of the chosen (gamma, alpha), in target units.
+    """
+
+    x_train: np.ndarray
+    coef: np.ndarray
+    gamma: float
+    alpha: float
+    y_mean: np.ndarray
+    y_std: np.ndarray
+    val_mae: float
+
+    @classmethod
+    def fit(cls, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+            gammas: Sequence[float] = KRR_GAMMAS, alphas: Sequence[float] = KRR_ALPHAS) -> "PixelKernelRidge":
+        """Fit on ``(x_train, y_train)``; choose ``(gamma, alpha)`` by MAE on ``(x_val, y_val)``.
+
+        One eigendecomposition of the training kernel per gamma serves every alpha.
+        """
+        x_train = np.asarray(x_train, np.float32)
+        d = x_train.shape[1]
+        y_train, y_val = np.asarray(y_train, float), np.asarray(y_val, float)
+        ymu, ysd = y_train.mean(0), y_train.std(0) + 1e-12
+        yt = (y_train - ymu) / ysd
+        dist_train, dist_val = squared_distances(x_train, x_train), squared_distances(x_val, x_train)
+        best = (np.inf, None, None, None)
+        for g in gammas:
+            lam, vec = np.linalg.eigh(np.exp(-g / d * dist_train))
+            proj = vec.T @ yt
+            k_val = np.exp(-g / d * dist_val)
+            for a in alphas:
+                coef = vec @ (proj / (np.maximum(lam, 0.0) + a)[:, None])
+                mae = float(np.mean(np.abs((k_val @ coef) * ysd + ymu - y_val)))
+                if mae < best[0]:
+                    best = (mae, g, a, coef)
+        mae, g, a, coef = best
+        return cls(x_train, coef, float(g), float(a), ymu, ysd, mae)
+
+    def predict(self, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """Predictions ``(n, n_targets)`` in target units for flattened inputs ``x``."""
+        d = self.x_train.shape[1]
+        out = [np.exp(-self.gamma / d * squared_distances(x[i:i + chunk], self.x_train)) @ self.coef
+               for i in range(0, len(x), chunk)]
+        return np.concatenate(out) * self.y_std + self.y_mean
+
+    def state(self) -> dict:
+        return {"x_train": torch.from_numpy(np.ascontiguousarray(self.x_train, np.float32)),
+                "coef": torch.from_numpy(np.asarray(self.coef, np.float64)), "gamma": self.gamma,
+                "alpha": self.alpha, "y_mean": np.asarray(self.y_mean).tolist(),
+                "y_std": np.asarray(self.y_std).tolist(), "val_mae": self.val_mae}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "PixelKernelRidge":
+        return cls(s["x_train"].numpy(), s["coef"].numpy(), float(s["gamma"]), float(s["alpha"]),
+                   np.asarray(s["y_mean"], float), np.asarray(s["y_std"], float), float(s["val_mae"]))
+
+
+def flat_inputs(normalizer: Normalizer, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Normalised inputs of raw images, flattened to ``(n, C * h * w)``."""
+    return normalizer.transform_images(list(images)).reshape(len(images), -1).numpy()
+
+
+def fit_pixel_kernel(train_images: Sequence[np.ndarray], y_train: np.ndarray, val_images: Sequence[np.ndarray],
+                     y_val: np.ndarray, template: Normalizer) -> tuple[PixelKernelRidge, Normalizer]:
+    """Pixel kernel ridge with the image standardisation (``STANDARDISE``) also chosen on validation.
+
+    ``template`` gives the input size, channels and targets; each standardisation is fitted on
+    ``train_images``.  Returns the kernel and the normaliser of its inputs.
+    """
+    best = None
+    for standardise in STANDARDISE:
+        norm = Normalizer.fit(train_images, y_train, template.target_names, template.input_size,
+                              standardise=standardise, channels=template.channels)
+        kernel = PixelKernelRidge.fit(flat_inputs(norm, train_images), y_train, flat_inputs(norm, val_images), y_val)
+        if best is None or kernel.val_mae < best[0].val_mae:
+            best = (kernel, norm)
+    return best
+
+
+@dataclass
+class KernelBlend:
+    """The kernel half of a network + kernel run: ``prediction = w * network + (1 - w) * kernel``.
+
+    Attributes
+    ----------
+    kernel : the fitted :class:`PixelKernelRidge`.
+    normalizer : normalisation of the kernel's inputs (its standardisation may differ from the network's).
+    weight : network weight ``w`` in [0, 1], chosen by validation mean squared error.
+    val_mae : validation MAE (first target units) of ``network``, ``kernel`` and ``blend``.
+    """
+
+    kernel: PixelKernelRidge
+    normalizer: Normalizer
+    weight: float
+    val_mae: dict
+
+    @classmethod
+    def fit(cls, train_images: Sequence[np.ndarray], y_train: np.ndarray, val_images: Sequence[np.ndarray],
+            y_val: np.ndarray, network_val: np.ndarray, template: Normalizer) -> "KernelBlend":
+        """Fit the kernel on the training images and the weight on the network's validation predictions.
+
+        Parameters
+        ----------
+        train_images, y_train : raw training inputs and targets (physical units).
+        val_images, y_val : raw validation inputs and targets.
+        network_val : the network's validation predictions ``(n_val, n_targets)``.
+        template : the network's normaliser (input size, channels, target names).
+        """
+        kernel, norm = fit_pixel_kernel(train_images, y_train, val_images, y_val, template)
+        kernel_val = kernel.predict(flat_inputs(norm, val_images))
+        y_val, network_val = np.asarray(y_val, float), np.asarray(network_val, float)
+        scale = np.asarray(template.target_std, float)  # several targets: errors in units of each target's std
+        mses = [float(np.mean(((w * network_val + (1 - w) * kernel_val - y_val) / scale) ** 2)) for w in BLEND_WEIGHTS]
+        weight = float(BLEND_WEIGHTS[int(np.argmin(mses))])
+
+        def first(pred):
+            return float(np.mean(np.abs(pred[:, 0] - y_val[:, 0])))
+
+        return cls(kernel, norm, weight, {"network": first(network_val), "kernel": first(kernel_val),
+                                          "blend": first(weight * network_val + (1 - weight) * kernel_val)})
+
+    def kernel_predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """The kernel's predictions ``(n, n_targets)`` for raw inputs."""
+        return self.kernel.predict(flat_inputs(self.normalizer, images))
+
+    def describe(self) -> str:
+        return (f"network x {self.weight:.2f} + pixel kernel ridge x {1 - self.weight:.2f} "
+                f"(weight chosen on validation)")
+
+    def state(self) -> dict:
+        return {"kernel": self.kernel.state(), "normalizer": self.normalizer.state(), "weight": self.weight,
+                "val_mae": self.val_mae}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "KernelBlend":
+        return cls(PixelKernelRidge.from_state(s["kernel"]), Normalizer.from_state(s["normalizer"]),
+                   float(s["weight"]), dict(s["val_mae"]))
+
+
+__all__ = ["PixelKernelRidge", "KernelBlend", "fit_pixel_kernel", "squared_distances", "KRR_GAMMAS",
+           "KRR_ALPHAS", "BLEND_WEIGHTS", "KERNEL_MAX_TRAIN"]
