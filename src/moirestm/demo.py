@@ -64,7 +64,7 @@ def run_demo(out_dir="demo-output", workers: int | None = None, console: Console
     console.print(summary.as_dict())
     timings["dataset"] = time.perf_counter() - t
 
-    t = stage("3/5 training the default CNN (group split: whole U values held out)")
+    t = stage("3/5 training the default CNN + kernel blend (group split: whole U values held out)")
     run_dir = out / "run-cnn"
     if (run_dir / CHECKPOINT).exists():
         run = Run.load(run_dir)
@@ -79,6 +79,9 @@ def run_demo(out_dir="demo-output", workers: int | None = None, console: Console
     u = metrics["targets"]["hubbard_u_ev"]
     console.print(f"test ({metrics['n']} images at unseen U): MAE {u['mae']:.3f} eV, RMSE {u['rmse']:.3f} eV, "
                   f"R² {u['r2']:.4f}; plots in {metrics.get('out')}")
+    if "components" in u:
+        console.print(f"  {metrics['blend']}; alone: " + ", ".join(
+            f"{half} MAE {m['mae']:.3f} eV, R² {m['r2']:.4f}" for half, m in u["components"].items()))
     timings["evaluation"] = time.perf_counter() - t
 
     t = stage("5/5 analysis, attribution and report")

@@ -131,6 +131,8 @@ def _metrics_section(run, metrics: dict, baselines: dict | None, trivial: dict, 
         cov = m.get("coverage", {})
         rows.append([f"{run.name} ({name})", m["mae"], m["rmse"], m["r2"], m["n"],
                      cov.get("within_1sigma"), cov.get("within_2sigma")])
+        for half, c in m.get("components", {}).items():
+            rows.append([f"{half} half alone ({name})", c["mae"], c["rmse"], c["r2"], c["n"], None, None])
     for name, m in trivial.items():
         rows.append([f"training mean ({name})", m["mae"], m["rmse"], m["r2"], m["n"], None, None])
     if baselines:
@@ -140,9 +142,12 @@ def _metrics_section(run, metrics: dict, baselines: dict | None, trivial: dict, 
                     m = res[name]
                     rows.append([f"{bname} ({name})", m["mae"], m["rmse"], m["r2"], m["n"], None, None])
     parts.append(_table(["model", "MAE", "RMSE", "R²", "n", "within 1σ", "within 2σ"], rows))
+    if run.kernel is not None:
+        parts.append(f"<p>Prediction: {run.kernel.describe()}; the rows 'half alone' score each half "
+                     "by itself.</p>")
     parts.append("<p>Baselines are fitted on the same split (training part) and scored on the same test "
                  "samples; the training mean is the trivial predictor.</p>")
-    parts.append(_figure(parity, "Parity plot of the test split (MC-dropout mean ± calibrated 1σ)."))
+    parts.append(_figure(parity, "Parity plot of the test split (prediction ± calibrated 1σ)."))
     return "".join(parts)
 
 
