@@ -105,6 +105,15 @@ def test_network_only_run_and_attach_kernel(store_path, tmp_path):
     assert json.loads((tmp_path / "net" / "run.json").read_text())["best"]["kernel"]["weight"] == attached.kernel.weight
 
 
+def test_kernel_skipped_over_its_size_limit(store_path, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["moirestm.learn.train"], "KERNEL_MAX_TRAIN", 5)
+    run = train(store_path, model="mlp", split="group", out=tmp_path / "big", progress=False, epochs=2, min_epochs=1,
+                batch_size=8)
+    assert run.kernel is None and "KERNEL_MAX_TRAIN" in run.best["kernel"]["skipped"] and run.name == "mlp"
+
+
 def test_group_split_keeps_the_range_ends_in_training(store_path):
     from moirestm.dataset.store import Store
 

@@ -2,8 +2,8 @@
 
 A run directory holds ``checkpoint.pt`` (best weights + everything needed to use them:
 model config, normalisation, split, training config, the kernel half of a network + kernel
-blend, MC-dropout calibration, package version), ``last.pt`` (optimiser state and schedule for ``resume``), ``run.json`` (a
-readable summary and the training history) and ``split.json``.
+blend, calibration, package version), ``last.pt`` (optimiser state and schedule for
+``resume``), ``run.json`` (a readable summary and the training history) and ``split.json``.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ class Run:
         return cls(path, model, state["model_config"], Normalizer.from_state(state["normalizer"]),
                    Split.from_dict(state["split"]), state["config"], state.get("history", []),
                    state.get("calibration"), state.get("store"), state.get("moirestm_version", "?"),
-                   state.get("best", {}), None if state.get("kernel") is None else KernelBlend.from_state(state["kernel"]))
+                   state.get("best", {}),
+                   None if state.get("kernel") is None else KernelBlend.from_state(state["kernel"]))
 
     # ------------------------------------------------------------------ inference
     def predict(self, images: Sequence[np.ndarray], mc_samples: int | None = None
@@ -470,9 +471,10 @@ def fit_kernel_blend(run: Run, train_ds: ImageDataset, val_images: Sequence[np.n
     the training set is over ``KERNEL_MAX_TRAIN``) and a summary for ``run.best``.
     """
     t0 = time.perf_counter()
+    n_inputs = len(train_ds) * (1 if train_ds.augment is None else 1 + AUGMENTED_COPIES)
+    if n_inputs > KERNEL_MAX_TRAIN:
+        return None, {"skipped": f"{n_inputs} kernel training inputs > KERNEL_MAX_TRAIN = {KERNEL_MAX_TRAIN}"}
     x_train, y_train = _with_augmented_copies(train_ds)
-    if len(x_train) > KERNEL_MAX_TRAIN:
-        return None, {"skipped": f"{len(x_train)} kernel training inputs > KERNEL_MAX_TRAIN = {KERNEL_MAX_TRAIN}"}
     net_val = run.normalizer.decode_targets(mc_dropout(run.model, batch_inputs(run.normalizer, val_images),
                                                        n_samples=1)[0])
     blend = KernelBlend.fit(x_train, y_train, val_images, y_val, net_val, run.normalizer)
