@@ -1,9 +1,8 @@
 """Pixel RBF kernel ridge: a classical baseline, and the kernel half of the network + kernel blend.
 
 On clean simulations an RBF kernel ridge over every pixel of the normalised log FT-LDOS is the
-strongest single model, and its errors and a network's are weakly correlated: where a held-out U
-lies in a gap of the training values, the kernel interpolates smoothly between neighbouring images
-while the network does not (docs/benchmarks.md, "The ``standard`` study").  :class:`KernelBlend`
+most accurate single model we measured; on STM-like corrupted inputs the network degrades less
+(docs/benchmarks.md, "The ``standard`` study, session 5").  :class:`KernelBlend`
 predicts ``w * network + (1 - w) * kernel`` with ``w`` in [0, 1] chosen by the least validation
 squared error (stacked regression, Breiman, Machine Learning 24, 49 (1996)), so a kernel that
 does not help gets ``w = 1``; squared rather than absolute errors, so that a half with rare large
