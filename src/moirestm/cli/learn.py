@@ -111,7 +111,8 @@ def predict_cmd(
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Predict U ± 1σ (MC dropout and, for a blend, the network-kernel disagreement, recalibrated on
-    validation data) for an image, store samples, or a measured STM map (calibrated to the simulation frame, with out-of-distribution warnings)."""
+    validation data) for an image, store samples, or a measured STM map (calibrated to the simulation
+    frame, with out-of-distribution warnings)."""
     from ..learn import predict
 
     measured = input.suffix.lower() in (".sxm", ".3ds", ".gwy", ".txt") or pixel_nm is not None or channel

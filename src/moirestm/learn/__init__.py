@@ -21,6 +21,6 @@ from .predict import Prediction, predict
 from .kernel import KernelBlend, PixelKernelRidge
 from .train import Run, TrainConfig, attach_kernel, train
 
-__all__ = ["train", "attach_kernel", "Run", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate", "predict",
-           "Prediction", "run_baselines", "make_split", "Split", "Normalizer", "ImageDataset", "open_store", "Augmenter",
-           "AugmentConfig", "PRESETS", "build_model", "MODELS", "regression_metrics"]
+__all__ = ["train", "attach_kernel", "Run", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate",
+           "predict", "Prediction", "run_baselines", "make_split", "Split", "Normalizer", "ImageDataset",
+           "open_store", "Augmenter", "AugmentConfig", "PRESETS", "build_model", "MODELS", "regression_metrics"]

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import MoireSTMError
 from .augment import Augmenter
 from .data import SampleArrays, open_store, store_path, targets_of
-from .predict import MC_SAMPLES, blend_mean, blend_parts, calibrated_sigma
+from .predict import predict_parts
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -104,10 +104,7 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
         images = [augment(im, np.random.default_rng([seed, i]), SampleArrays(st, k))
                   for i, (im, k) in enumerate(zip(images, keys))]
         label = f"{label}-{corrupt}"
-    n_mc = run.config.get("mc_samples", MC_SAMPLES) if mc_samples is None else mc_samples
-    network, spread, kernel = blend_parts(run, images, n_mc)
-    mean, disagreement = blend_mean(run, network, kernel)
-    sigma = calibrated_sigma(spread, run.calibration, disagreement)
+    mean, sigma, network, kernel = predict_parts(run, images, run.mc_samples if mc_samples is None else mc_samples)
     result = {"data": str(store_path(st)), "part": label, "n": len(keys), "model": run.name,
               "split": run.split.kind, "uncertainty": run.describe_uncertainty(),
               "corrupt": None if corrupt is None else {"preset": corrupt, "space": corrupt_space, "seed": seed},

@@ -199,9 +199,17 @@ def predict_images(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPL
     A run with a kernel blend (``run.kernel``) returns ``w * network + (1 - w) * kernel``; its
     sigma also grows with the disagreement of the two.
     """
+    mean, sigma, _, _ = predict_parts(run, images, mc_samples, seed)
+    return mean, sigma
+
+
+def predict_parts(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Means and calibrated sigmas as :func:`predict_images`, plus the network's and the kernel's own
+    predictions (the kernel's None without a blend)."""
     network, spread, kernel = blend_parts(run, images, mc_samples, seed)
     mean, disagreement = blend_mean(run, network, kernel)
-    return mean, calibrated_sigma(spread, run.calibration, disagreement)
+    return mean, calibrated_sigma(spread, run.calibration, disagreement), network, kernel
 
 
 def blend_mean(run, network: np.ndarray, kernel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -122,6 +122,11 @@ class Run:
         """The model's name, ``+kernel`` for a network + kernel blend (e.g. ``cnn+kernel``)."""
         return self.model_config["name"] + ("+kernel" if self.kernel is not None else "")
 
+    @property
+    def mc_samples(self) -> int:
+        """Dropout masks per prediction (the training config's, by default ``MC_SAMPLES``)."""
+        return self.config.get("mc_samples", MC_SAMPLES)
+
     def describe_uncertainty(self) -> str:
         """How the predictive sigma is made."""
         extra = " and network-kernel disagreement" if self.kernel is not None else ""
@@ -184,8 +189,7 @@ class Run:
         """Means and calibrated 1-sigma ``(n, n_targets)`` in physical units for raw images."""
         from .predict import predict_images
 
-        n = self.config.get("mc_samples", MC_SAMPLES) if mc_samples is None else mc_samples
-        return predict_images(self, images, n)
+        return predict_images(self, images, self.mc_samples if mc_samples is None else mc_samples)
 
 
 def load_strict(model: torch.nn.Module, state_dict: dict, where: str = "checkpoint") -> None:
@@ -509,7 +513,7 @@ def attach_kernel(run: Run | str | Path, store: Any = None, save: bool = True) -
 
 def calibrate(run: Run, val_images: Sequence[np.ndarray], y_val: np.ndarray) -> dict:
     """Fit the predictive-sigma calibration on validation images (from :func:`validation_inputs`)."""
-    network, spread, kernel = blend_parts(run, val_images, run.config.get("mc_samples", MC_SAMPLES))
+    network, spread, kernel = blend_parts(run, val_images, run.mc_samples)
     mean, disagreement = blend_mean(run, network, kernel)
     cal = fit_calibration(mean - y_val, spread, disagreement)
     sig = calibrated_sigma(spread, cal, disagreement)
