@@ -31,7 +31,7 @@ def test_every_entry_is_complete_and_its_default_valid():
 
 @pytest.mark.parametrize("name, value, words", [
     ("hubbard_u_ev", 1e30, "<= 20 eV"), ("hubbard_u_ev", -1, ">= 0"), ("dielectric", 0, ">= 1"),
-    ("lr", math.nan, "finite"), ("lr", 0.0, "> 0"), ("input_size", 0, ">= 8"), ("index", 200, "<= 60"),
+    ("lr", math.nan, "finite"), ("lr", 0.0, "> 0"), ("input_size", 0, ">= 8"), ("index", 201, "<= 200"),
     ("index", 2.5, "integer"), ("window_ev", -1, "> 0"), ("start", "xyz", "one of"), ("filling", "a", "number"),
     ("epochs", True, "number"), ("temperature_k", math.inf, "finite"), ("fock", "maybe", "true or false"),
 ])

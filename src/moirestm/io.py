@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -51,34 +52,175 @@ def stamp(group: h5py.Group, kind: str, params: dict) -> None:
     group.attrs[PARAMS_ATTR] = to_json(params)
 
 
-def write_h5(path: str | os.PathLike, kind: str, params: dict, arrays: dict[str, np.ndarray]) -> Path:
+# ============================================================================ the output path
+#: Kinds of non-HDF5 outputs (HDF5 outputs are named by their ``moirestm_kind``).
+FIGURE = "moirestm figure"
+HTML = "moirestm HTML report"
+NPY = "NumPy array"
+#: Marker written into every figure and HTML file so that a rerun recognises its own output.
+MARKER = b"moirestm"
+#: Paths the user allowed to be replaced whatever they hold (``--overwrite``); see :func:`overwriting`.
+_ALLOWED: set = set()
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """What an existing file holds, in words (``None`` when ``path`` does not exist).
+
+    moirestm outputs answer their kind: the ``moirestm_kind`` of an HDF5 file or a JSON object,
+    :data:`FIGURE` for a figure and :data:`HTML` for a report carrying the moirestm marker,
+    :data:`NPY` for a NumPy array; anything else is described ("text file", "PNG image", ...).
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return None
+    if path.is_dir():
+        return "folder"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        return f"unreadable file ({exc.strerror})"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        try:
+            with h5py.File(path, "r") as f:
+                found = f.attrs.get(KIND_ATTR)
+        except OSError:
+            return "damaged HDF5 file"
+        return str(found) if found is not None else "HDF5 file not written by moirestm"
+    if head.startswith(b"\x93NUMPY"):
+        return NPY
+    if head.startswith(b"\x89PNG") or head.startswith(b"%PDF") or b"<svg" in head[:4096]:
+        return FIGURE if MARKER in head else "image not written by moirestm"
+    lowered = head[:4096].lstrip().lower()
+    if lowered.startswith(b"<!doctype html") or lowered.startswith(b"<html"):
+        return HTML if b'name="generator" content="moirestm' in head else "HTML file not written by moirestm"
+    if lowered[:1] in (b"{", b"["):
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return "text file"
+        if isinstance(data, dict) and isinstance(data.get(KIND_ATTR), str):
+            return data[KIND_ATTR]
+        return "JSON file not written by moirestm"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary file"
+    return "text file" if head else "empty file"
+
+
+@contextmanager
+def overwriting(*paths):
+    """Within this block, :func:`check_output` lets ``paths`` be replaced whatever they hold."""
+    keys = {Path(p).resolve() for p in paths if p is not None}
+    new = keys - _ALLOWED
+    _ALLOWED.update(new)
+    try:
+        yield
+    finally:
+        _ALLOWED.difference_update(new)
+
+
+def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False) -> Path:
+    """Check that ``kind`` may be written to ``path``, before any work is done.
+
+    The folder must exist and be writable; an existing file may be replaced only by a file of the
+    same kind (a rerun), unless ``overwrite`` (or :func:`overwriting`) allows it. MoireSTMError
+    otherwise, naming the file and what it holds.
+    """
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.exists():
+        raise MoireSTMError(f"cannot write {path}: folder {directory} does not exist")
+    if not directory.is_dir():
+        raise MoireSTMError(f"cannot write {path}: {directory} is not a folder")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise MoireSTMError(f"cannot write {path}: folder {directory} is not writable")
+    found = file_kind(path)
+    if found == "folder":
+        raise MoireSTMError(f"cannot write {path}: it is a folder")
+    if found is not None and found != kind and not overwrite and path.resolve() not in _ALLOWED:
+        raise MoireSTMError(f"refusing to overwrite {path}: it holds a {found}, not a {kind} "
+                            "(use --overwrite to replace it)")
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, kind: str, overwrite: bool = False):
+    """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
+
+    The output is checked first (:func:`check_output`); on any error the temporary file is
+    removed, so an existing file is untouched and no half-made output is left.
+    """
+    path = check_output(path, kind, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise MoireSTMError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str, kind: str, overwrite: bool = False) -> Path:
+    """Atomically write ``text`` (a file of ``kind``) to ``path``."""
+    with atomic_output(path, kind, overwrite) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, data, kind: str, overwrite: bool = False, indent: int = 1) -> Path:
+    """Atomically write ``data`` as JSON; a dict records ``kind`` under ``moirestm_kind``."""
+    if isinstance(data, dict):
+        data = {KIND_ATTR: kind, **data}
+    else:
+        data = {KIND_ATTR: kind, "rows": data}
+    return write_text(path, json.dumps(_jsonable(data), indent=indent, default=str) + "\n", kind, overwrite)
+
+
+def write_npy(path: str | os.PathLike, array, overwrite: bool = False) -> Path:
+    """Atomically write a NumPy ``.npy`` array."""
+    with atomic_output(path, NPY, overwrite) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.asarray(array), allow_pickle=False)
+    return Path(path)
+
+
+def output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create the output folder ``path`` (and its parents); MoireSTMError if it cannot be a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MoireSTMError(f"cannot use {path} as output folder: it is a {file_kind(path)}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MoireSTMError(f"cannot create folder {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise MoireSTMError(f"cannot write into folder {path}: it is not writable")
+    return path
+
+
+def write_h5(path: str | os.PathLike, kind: str, params: dict, arrays: dict[str, np.ndarray],
+             overwrite: bool = False) -> Path:
     """Atomically write ``arrays`` with provenance to an HDF5 file.
 
     Parameters
     ----------
-    path : target file; its directory must exist and be writable.
+    path : target file; its folder must exist and be writable. An existing file is replaced only
+        when it holds the same ``kind`` (or ``overwrite``; see :func:`check_output`).
     kind : object type stored (e.g. ``"BandStructure"``), checked on load.
     params : parameters that produced the object (JSON-serialisable).
     arrays : named numpy arrays.
     """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise MoireSTMError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise MoireSTMError(f"cannot write {path}: directory {directory} is not writable")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_output(path, kind, overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             stamp(f, kind, params)
             for name, value in arrays.items():
                 f.create_dataset(name, data=np.asarray(value))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def read_h5(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndarray], dict]:

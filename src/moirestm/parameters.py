@@ -91,7 +91,7 @@ class Parameter:
             if self.choices and value not in self.choices:
                 self._fail(where, f"must be {self.range_text()}, got {value!r}")
             return value
-        if isinstance(value, bool):
+        if isinstance(value, (bool, str, bytes)):
             self._fail(where, f"must be a number, got {value!r}")
         try:
             number = float(value)
@@ -134,16 +134,16 @@ def _s(name, default, choices, help, optional=False, **kw) -> Parameter:
     return _p(name, "", default, _MODEL, kind="str", choices=tuple(choices), help=help, optional=optional, **kw)
 
 
-#: Largest commensurate index accepted (43 924 atoms; the memory cost is checked again per command).
-MAX_INDEX = 60
+#: Largest commensurate index accepted (482 404 atoms); each command checks the memory cost again.
+MAX_INDEX = 200
 
 _ENTRIES = [
     # ---------------------------------------------------------------- lattice
-    _p("index", "", C.REFERENCE_INDEX, "reference study (i = 9: 3.48 deg, 1084 atoms), " + _TS, 1, MAX_INDEX,
+    _p("index", "", C.REFERENCE_INDEX, "reference study (i = 9: 3.48 deg, 1084 atoms), " + _TS, 0, MAX_INDEX,
        kind="int", help="commensurate index i of the (i, i+1) family"),
     _p("twist_angle_deg", "deg", None, "derived from index", 0.0, 60.0, low_open=True, flag="--angle",
        optional=True, help="twist angle (the nearest commensurate index is used)"),
-    _p("distance_nm", "nm", C.INTERLAYER_DISTANCE_NM, "graphite interlayer distance, " + _MT, 0.2, 2.0,
+    _p("distance_nm", "nm", C.INTERLAYER_DISTANCE_NM, "graphite interlayer distance, " + _MT, 0.15, 1.0,
        help="interlayer distance"),
     _p("pressure_gpa", "GPa", 0.0, "graphite c-axis EOS valid to ~11 GPa (Hanfland et al., PRB 39, 12598 "
        "(1989))", 0.0, C.GRAPHITE_MAX_PRESSURE_GPA, help="hydrostatic pressure (graphite c-axis EOS)"),

@@ -61,9 +61,10 @@ class MagicDistance:
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in ("index", "twist_angle_deg", "distance_nm", "bandwidth_ev", "pressure_gpa")}
 
-    def save(self, path) -> None:
+    def save(self, path, overwrite: bool = False) -> None:
         write_h5(path, "MagicDistance", dict(self.params, **self.summary()),
-                 {"scan_distance_nm": self.scan_distance_nm, "scan_bandwidth_ev": self.scan_bandwidth_ev})
+                 {"scan_distance_nm": self.scan_distance_nm, "scan_bandwidth_ev": self.scan_bandwidth_ev},
+                 overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "MagicDistance":

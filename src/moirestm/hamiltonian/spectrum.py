@@ -104,12 +104,12 @@ class BandStructure:
         sel = self.central_energies_ev(n_central)
         return float(sel.max() - sel.min())
 
-    def save(self, path) -> None:
+    def save(self, path, overwrite: bool = False) -> None:
         params = dict(self.params, labels=list(self.labels), fermi_ev=self.fermi_ev,
                       full_spectrum=self.full_spectrum)
         write_h5(path, "BandStructure", params, {
             "k_nm": self.k_nm, "distance_nm": self.distance_nm, "ticks_nm": self.ticks_nm,
-            "energies_ev": self.energies_ev})
+            "energies_ev": self.energies_ev}, overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "BandStructure":
@@ -120,29 +120,14 @@ class BandStructure:
         return cls(arrays["k_nm"], arrays["distance_nm"], arrays["ticks_nm"], labels,
                    arrays["energies_ev"], fermi, full, params)
 
-    def plot(self, path=None, window_ev: float | None = 0.3, title: str | None = None):
-        """Plot the bands relative to the Fermi level; save to ``path`` (PNG) if given."""
-        import matplotlib
+    def plot(self, path=None, window_ev: float | None = 0.3, title: str | None = None, overwrite: bool = False):
+        """Bands relative to the Fermi level (:func:`moirestm.plot.bands`); saved to ``path`` if given."""
+        from .. import plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-        ax.plot(self.distance_nm, (self.energies_ev - self.fermi_ev) * 1e3, color="k", lw=0.9)
-        for t in self.ticks_nm:
-            ax.axvline(t, color="0.7", lw=0.6)
-        ax.axhline(0.0, color="tab:red", lw=0.6, ls="--")
-        ax.set_xticks(self.ticks_nm, [r"$\Gamma$" if lab == "G" else lab for lab in self.labels])
-        ax.set_xlim(self.distance_nm[0], self.distance_nm[-1])
-        if window_ev is not None:
-            ax.set_ylim(-window_ev * 1e3, window_ev * 1e3)
-        ax.set_ylabel(r"$E - E_F$ (meV)")
-        ax.set_title(title or self.params.get("structure", {}).get("name", "bands"), fontsize=9)
-        fig.tight_layout()
+        ax = plot.bands(self, window_ev=window_ev, title=title)
         if path is not None:
-            fig.savefig(path)
-            plt.close(fig)
-        return fig
+            plot.save_figure(ax.figure, path, overwrite)
+        return ax.figure
 
 
 def neutrality_fermi_level(energies_ev: np.ndarray, n_sites: int) -> float:
@@ -194,10 +179,11 @@ class DensityOfStates:
     kgrid: int
     params: dict = field(default_factory=dict)
 
-    def save(self, path) -> None:
+    def save(self, path, overwrite: bool = False) -> None:
         params = dict(self.params, fermi_ev=self.fermi_ev, broadening_ev=self.broadening_ev,
                       kind=self.kind, kgrid=self.kgrid)
-        write_h5(path, "DensityOfStates", params, {"energies_ev": self.energies_ev, "dos_per_ev": self.dos_per_ev})
+        write_h5(path, "DensityOfStates", params, {"energies_ev": self.energies_ev, "dos_per_ev": self.dos_per_ev},
+                 overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "DensityOfStates":
@@ -206,21 +192,14 @@ class DensityOfStates:
         fermi, broadening, kind, kgrid = (params.pop(k) for k in keys)
         return cls(arrays["energies_ev"], arrays["dos_per_ev"], fermi, broadening, kind, kgrid, params)
 
-    def plot(self, path=None):
-        import matplotlib
+    def plot(self, path=None, overwrite: bool = False):
+        """DOS against E - E_F (:func:`moirestm.plot.dos`); saved to ``path`` if given."""
+        from .. import plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-        ax.plot((self.energies_ev - self.fermi_ev) * 1e3, self.dos_per_ev, color="k", lw=0.9)
-        ax.set_xlabel(r"$E - E_F$ (meV)")
-        ax.set_ylabel("DOS (states/eV/cell/spin)")
-        fig.tight_layout()
+        ax = plot.dos(self)
         if path is not None:
-            fig.savefig(path)
-            plt.close(fig)
-        return fig
+            plot.save_figure(ax.figure, path, overwrite)
+        return ax.figure
 
 
 def broaden(centres_ev: np.ndarray, weights: np.ndarray, energies_ev: np.ndarray,

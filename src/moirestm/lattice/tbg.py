@@ -17,10 +17,8 @@ import numpy as np
 
 from ..constants import GRAPHENE_LATTICE_NM, INTERLAYER_DISTANCE_NM
 from ..errors import MoireSTMError
+from ..parameters import MAX_INDEX, validate
 from .cell import HexagonalCell
-
-#: Largest index accepted (i = 200 already holds ~480 000 atoms).
-MAX_INDEX = 200
 
 
 def twist_angle_deg(index: int) -> float:
@@ -49,28 +47,12 @@ def index_for_angle(angle_deg: float) -> int:
 
 
 def _check_index(index) -> int:
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-        if isinstance(index, float) and index.is_integer():
-            index = int(index)
-        else:
-            raise MoireSTMError(f"commensurate index must be a non-negative integer, got {index!r}")
-    index = int(index)
-    if index < 0:
-        raise MoireSTMError(f"commensurate index must be a non-negative integer, got {index}")
-    if index > MAX_INDEX:
-        raise MoireSTMError(f"commensurate index {index} is above the supported maximum {MAX_INDEX}")
-    return index
+    return validate("index", index)
 
 
 def check_distance(distance_nm: float) -> float:
-    """Validate an interlayer distance in nm (graphite ranges from ~0.25 to ~0.40 nm in practice)."""
-    distance_nm = float(distance_nm)
-    if not np.isfinite(distance_nm) or not 0.15 <= distance_nm <= 1.0:
-        raise MoireSTMError(
-            f"interlayer distance must lie between 0.15 and 1.0 nm, got {distance_nm} nm "
-            "(d0 = 0.335 nm at zero pressure)"
-        )
-    return distance_nm
+    """Validate an interlayer distance in nm (registry range; d0 = 0.335 nm at zero pressure)."""
+    return validate("distance_nm", distance_nm)
 
 
 def _rotation(angle_rad: float) -> np.ndarray:

@@ -39,8 +39,9 @@ class STMMap:
     image: np.ndarray
     params: dict = field(default_factory=dict)
 
-    def save(self, path) -> None:
-        write_h5(path, KIND, self.params, {"x_nm": self.x_nm, "y_nm": self.y_nm, "image": self.image})
+    def save(self, path, overwrite: bool = False) -> None:
+        write_h5(path, KIND, self.params, {"x_nm": self.x_nm, "y_nm": self.y_nm, "image": self.image},
+                 overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "STMMap":
@@ -52,29 +53,14 @@ class STMMap:
             raise MoireSTMError(f"{path}: damaged STMMap, image shape {arrays['image'].shape} does not match axes")
         return cls(arrays["x_nm"], arrays["y_nm"], arrays["image"], params)
 
-    def plot(self, path=None, title: str | None = None, cmap: str = "inferno"):
-        """Show the map (nm axes); save to ``path`` (PNG) if given."""
-        import matplotlib
+    def plot(self, path=None, title: str | None = None, cmap: str = "inferno", overwrite: bool = False):
+        """The map with nm axes (:func:`moirestm.plot.stm_map`); saved to ``path`` if given."""
+        from .. import plot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4.6), dpi=120)
-        dx = self.x_nm[1] - self.x_nm[0] if len(self.x_nm) > 1 else 1.0
-        dy = self.y_nm[1] - self.y_nm[0] if len(self.y_nm) > 1 else 1.0
-        extent = (self.x_nm[0] - dx / 2, self.x_nm[-1] + dx / 2, self.y_nm[0] - dy / 2, self.y_nm[-1] + dy / 2)
-        im = ax.imshow(self.image, origin="lower", extent=extent, cmap=cmap, aspect="equal")
-        fig.colorbar(im, ax=ax, shrink=0.8, label="LDOS (states/eV/nm$^2$)")
-        ax.set_xlabel("x (nm)")
-        ax.set_ylabel("y (nm)")
-        p = self.params
-        ax.set_title(title or f"STM map, bias {1e3 * p.get('bias_ev', float('nan')):.0f} meV, "
-                              f"U = {p.get('hubbard_u_ev', float('nan')):g} eV", fontsize=9)
-        fig.tight_layout()
+        ax = plot.stm_map(self, title=title, cmap=cmap)
         if path is not None:
-            fig.savefig(path)
-            plt.close(fig)
-        return fig
+            plot.save_figure(ax.figure, path, overwrite)
+        return ax.figure
 
 
 def stm_map(site_ldos, bias_index: int = 0, n_cells: int = 3, pixels_per_nm: float = STM_PIXELS_PER_NM,
