@@ -55,6 +55,7 @@ def stamp(group: h5py.Group, kind: str, params: dict) -> None:
 # ============================================================================ the output path
 #: Kinds of non-HDF5 outputs (HDF5 outputs are named by their ``moirestm_kind``).
 FIGURE = "moirestm figure"
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 HTML = "moirestm HTML report"
 NPY = "NumPy array"
 #: Marker written into every figure and HTML file so that a rerun recognises its own output.
@@ -134,7 +135,7 @@ def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False) ->
         raise MoireSTMError(f"cannot write {path}: folder {directory} does not exist")
     if not directory.is_dir():
         raise MoireSTMError(f"cannot write {path}: {directory} is not a folder")
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not writable(directory):
         raise MoireSTMError(f"cannot write {path}: folder {directory} is not writable")
     found = file_kind(path)
     if found == "folder":
@@ -142,6 +143,9 @@ def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False) ->
     if found is not None and found != kind and not overwrite and path.resolve() not in _ALLOWED:
         raise MoireSTMError(f"refusing to overwrite {path}: it holds a {found}, not a {kind} "
                             "(use --overwrite to replace it)")
+    if kind == FIGURE and path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise MoireSTMError(f"cannot write a figure to {path}: give a name ending in "
+                            f"{', '.join(FIGURE_SUFFIXES)}")
     return path
 
 
@@ -194,13 +198,27 @@ def output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MoireSTMError(f"cannot use {path} as output folder: it is a {file_kind(path)}")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise MoireSTMError(f"cannot create folder {path}: {existing} is not a folder")
+    if not writable(existing):
+        raise MoireSTMError(f"cannot write into folder {existing}: it is not writable")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MoireSTMError(f"cannot create folder {path}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise MoireSTMError(f"cannot write into folder {path}: it is not writable")
     return path
+
+
+def writable(directory: str | os.PathLike) -> bool:
+    """Whether files may be created in ``directory``: access rights and, even for root, a write bit."""
+    try:
+        mode = os.stat(directory).st_mode
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK) and bool(mode & 0o222)
 
 
 def write_h5(path: str | os.PathLike, kind: str, params: dict, arrays: dict[str, np.ndarray],

@@ -12,7 +12,7 @@ wherever it enters::
     >>> validate("dielectric", 0)
     Traceback (most recent call last):
     ...
-    moirestm.errors.MoireSTMError: dielectric (dielectric constant) must be >= 1, got 0 (valid range [1, 1000])
+    moirestm.errors.MoireSTMError: dielectric must be >= 1, got 0 (dielectric constant; valid range [1, 1000])
 """
 
 from __future__ import annotations
@@ -54,11 +54,6 @@ class Parameter:
     optional: bool = False
     alias_of: str = ""
 
-    @property
-    def label(self) -> str:
-        """``name (help)`` as used in error messages."""
-        return f"{self.name} ({self.help})" if self.help else self.name
-
     def range_text(self) -> str:
         """The valid range in words, e.g. ``[0, 20] eV``."""
         if self.choices:
@@ -69,9 +64,10 @@ class Parameter:
                f"{')' if self.high_open or self.high is None else ']'}"
         return f"{text} {self.unit}".rstrip()
 
-    def _fail(self, where: str, text: str):
+    def _fail(self, where: str, text: str, extra: str = ""):
         prefix = f"{where}: " if where else ""
-        raise MoireSTMError(f"{prefix}{self.label} {text}")
+        notes = "; ".join(t for t in (self.help, extra) if t)
+        raise MoireSTMError(f"{prefix}{self.name} {text}" + (f" ({notes})" if notes else ""))
 
     def validate(self, value, where: str = ""):
         """``value`` coerced to the parameter's kind; MoireSTMError naming parameter, value and range."""
@@ -109,11 +105,13 @@ class Parameter:
     def _check_bounds(self, number: float, where: str, shown) -> None:
         unit = f" {self.unit}" if self.unit else ""
         if self.low is not None and (number < self.low or (self.low_open and number == self.low)):
-            self._fail(where, f"must be {'>' if self.low_open else '>='} {self.low:g}{unit}, got {shown!r}"
-                       + (f" (valid range {self.range_text()})" if self.high is not None else ""))
+            words = ("positive" if self.low_open else "non-negative") if self.low == 0 else ""
+            bound = f"{'>' if self.low_open else '>='} {self.low:g}{unit}"
+            self._fail(where, f"must be {f'{words} ({bound})' if words else bound}, got {shown!r}",
+                       f"valid range {self.range_text()}" if self.high is not None else "")
         if self.high is not None and (number > self.high or (self.high_open and number == self.high)):
-            self._fail(where, f"must be {'<' if self.high_open else '<='} {self.high:g}{unit}, got {shown!r}"
-                       + (f" (valid range {self.range_text()})" if self.low is not None else ""))
+            self._fail(where, f"must be {'<' if self.high_open else '<='} {self.high:g}{unit}, got {shown!r}",
+                       f"valid range {self.range_text()}" if self.low is not None else "")
 
     def check_range(self, low, high, where: str = "") -> None:
         """A prior or axis ``[low, high]`` must lie inside the valid range (and ``low <= high``)."""
@@ -163,6 +161,12 @@ _ENTRIES = [
     _p("gate_distance_nm", "nm", C.GATE_DISTANCE_NM, "dual-gated hBN devices (model default, constants)", 0.0,
        1.0e4, low_open=True, help="distance of each metallic gate for coulomb = gated"),
     _p("fock", "", False, _MODEL, kind="bool", help="add the Fock (exchange) term of the long-range kernel"),
+    _p("short_distance_nm", "nm", C.COULOMB_SHORT_DISTANCE_NM, "Ohno, Theor. Chim. Acta 2, 219 (1964)", 0.0, 10.0,
+       low_open=True, help="regularisation length of the long-range kernel"),
+    _p("fock_cutoff_nm", "nm", C.FOCK_CUTOFF_NM, "constants.FOCK_CUTOFF_NM", 0.0, 10.0, low_open=True,
+       help="cutoff radius of the Fock term"),
+    _p("ewald_alpha_per_nm", "1/nm", None, "chosen from the cell", 0.0, 1.0e3, low_open=True, optional=True,
+       help="Ewald splitting parameter"),
     # ---------------------------------------------------------------- mean field
     _p("filling", "e/cell", 0.0, "charge neutrality", -8.0, 8.0,
        help="electrons per moiré cell relative to neutrality"),
@@ -180,6 +184,16 @@ _ENTRIES = [
     _p("seed", "", 0, _NUMERIC, 0, 2**32 - 1, kind="int", help="random seed"),
     _p("max_iterations", "", C.SCF_MAX_ITERATIONS, "constants.SCF_MAX_ITERATIONS", 1, 1_000_000, kind="int",
        flag="--max-iter", help="maximum self-consistency iterations"),
+    _p("density_tol", "e", C.SCF_DENSITY_TOL, "constants.SCF_DENSITY_TOL", 0.0, 1.0, low_open=True,
+       help="self-consistency tolerance on the max density change"),
+    _p("energy_tol_ev", "eV", C.SCF_ENERGY_TOL_EV, "constants.SCF_ENERGY_TOL_EV", 0.0, 1.0, low_open=True,
+       help="self-consistency tolerance on the free-energy change"),
+    _p("mixing", "", C.SCF_MIXING, "constants.SCF_MIXING (Pulay 1980)", 0.0, 1.0, low_open=True,
+       help="mixing fraction of the output density"),
+    _p("diis_history", "", C.SCF_DIIS_HISTORY, "Pulay, Chem. Phys. Lett. 73, 393 (1980)", 1, 1000, kind="int",
+       help="previous iterates kept by Pulay mixing"),
+    _p("start_moment", "", C.SCF_START_MOMENT, "constants.SCF_START_MOMENT", 0.0, 1.0,
+       help="initial local moment of the symmetry-broken starts"),
     _p("hubbard_u_step_ev", "eV", 0.5, _NUMERIC, 0.0, 20.0, low_open=True, flag="--u-step",
        help="U step of a U sweep"),
     _s("directions", "both", ("up", "down", "both"), "U-continuation direction(s) of a U sweep"),
@@ -191,6 +205,12 @@ _ENTRIES = [
     _p("n_cells", "", 3, _NUMERIC, 1, 50, kind="int", flag="--cells", help="STM map size in moiré cells per side"),
     _p("pixels_per_nm", "1/nm", C.STM_PIXELS_PER_NM, "constants.STM_PIXELS_PER_NM", 0.0, 500.0, low_open=True,
        flag="--ppn", help="STM map resolution"),
+    _p("orbital_width_nm", "nm", C.STM_ORBITAL_WIDTH_NM, "constants.STM_ORBITAL_WIDTH_NM", 0.0, 10.0,
+       low_open=True, help="lateral width of each site's p_z Gaussian in the STM map"),
+    _p("decay_per_nm", "1/nm", C.STM_DECAY_PER_NM, "Tersoff & Hamann, PRB 31, 805 (1985)", 0.0, 1.0e3,
+       help="tunnelling decay constant"),
+    _p("bias_index", "", 0, _NUMERIC, 0, None, kind="int", help="which bias of the LDOS the STM map shows"),
+    _p("stm_enabled", "", True, _MODEL, kind="bool", flag="--stm", help="compute the real-space STM map"),
     _s("spin", "total", ("total", "up", "down", "polarisation"), "spin channel of the STM map"),
     _p("ft_size", "px", C.FT_IMAGE_SIZE, _TS, 8, 4096, kind="int", flag="--size", help="FT image side"),
     _p("ft_tiling", "", 3, _NUMERIC, 1, 20, kind="int", flag="--tiling", help="cells tiled before the FT"),
@@ -243,8 +263,12 @@ _ENTRIES = [
     _p("max_samples", "", 24, _NUMERIC, 1, 1_000_000, kind="int", help="at most this many samples"),
     _p("n_steps", "", 32, "integrated gradients (Sundararajan et al., ICML 2017)", 1, 10_000, kind="int",
        help="integrated-gradients steps"),
-    _s("crossover_method", "derivative", ("derivative", "tanh", "onset"), "headline U_c estimator",
-       flag="--method"),
+    _s("crossover_method", "derivative", ("derivative", "tanh", "onset"), "headline U_c estimator"),
+    _s("order_parameter", "mean_abs_moment", ("mean_abs_moment", "staggered_magnetization",
+                                              "layer_staggered_magnetization", "abs_ferromagnetic_moment"),
+       "order parameter of the headline U_c"),
+    _s("attribution_method", "gradcam", ("gradcam", "guided_backprop", "integrated_gradients"),
+       "attribution method"),
     # ---------------------------------------------------------------- measured maps
     _p("pixel_nm", "nm", None, "from the file", 0.0, 1.0e4, low_open=True, optional=True,
        help="pixel size of a plain-array map"),
@@ -290,6 +314,37 @@ def validate_many(values: dict, where: str = "", *, unknown: str = "ignore") -> 
         else:
             out[name] = value
     return out
+
+
+#: Sweep TOML tables whose keys drop a prefix of the registry name (``[ft] size`` is ``ft_size``).
+TABLE_PREFIX = {"ft": "ft_", "stm": "stm_"}
+
+
+def table_parameter(table: str, key: str) -> Parameter:
+    """The registry entry of key ``key`` of sweep TOML table ``[table]``."""
+    for name in (key, TABLE_PREFIX.get(table, "") + key):
+        if name in REGISTRY:
+            return REGISTRY[name]
+    raise MoireSTMError(f"[{table}] {key}: unknown parameter; known: {', '.join(sorted(REGISTRY))}")
+
+
+def validate_sweep(values: dict, tables: dict | None = None, where: str = "sweep") -> None:
+    """Validate every value of a sweep (name -> list of values) and its option tables by the registry.
+
+    ``"magic"`` distances, unregistered names and unregistered table keys are left to the sweep and
+    the stages that take them.
+    """
+    for name, vals in values.items():
+        if name not in REGISTRY:
+            continue
+        for value in vals if isinstance(vals, (list, tuple)) else [vals]:
+            if not (name == "distance_nm" and value == "magic"):
+                REGISTRY[name].validate(value, f"{where} {name}")
+    for table, options in (tables or {}).items():
+        for key, value in options.items():
+            names = [n for n in (key, TABLE_PREFIX.get(table, "") + key) if n in REGISTRY]
+            if names:  # other keys are checked by the stage that takes them
+                REGISTRY[names[0]].validate(value, f"{where} [{table}] {key}")
 
 
 def atoms_for_index(index: int) -> int:

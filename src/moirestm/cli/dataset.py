@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ._app import app, console, emit_json, friendly
+from ._app import app, console, emit_json, friendly, option, result_console
 
 sweep_app = typer.Typer(help="Run parameter sweeps into FT-LDOS dataset stores.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Inspect, check, export and import FT-LDOS dataset stores.",
@@ -16,41 +17,71 @@ app.add_typer(sweep_app, name="sweep")
 app.add_typer(dataset_app, name="dataset")
 
 
+def _checked_sweep(spec: str):
+    """Load a sweep and validate every value and option table by the parameter registry."""
+    from ..dataset import Sweep
+    from ..parameters import validate_sweep
+
+    sweep = Sweep.load(spec)
+    validate_sweep(sweep.values, {"interaction": sweep.interaction, "solver": sweep.solver,
+                                  "stm": {k: v for k, v in sweep.stm.items()},
+                                  "ft": sweep.ft}, where=f"sweep {sweep.name!r}:")
+    return sweep
+
+
+def failure_reasons(errors: list[str]) -> list[tuple[int, str]]:
+    """Distinct failure reasons (the text after ``key:``) with their counts, most frequent first."""
+    from collections import Counter
+
+    reasons = Counter(line.split(": ", 1)[-1].strip() or "no message" for line in errors)
+    return [(n, text) for text, n in reasons.most_common()]
+
+
 @sweep_app.command("run")
 @friendly
 def sweep_run(
     spec: str = typer.Argument(..., help="sweep TOML file or built-in name (demo, standard)"),
     out: Path = typer.Option(..., "--out", "-o", help="dataset store (HDF5); resumed if it exists"),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, or 'synchronous'"),
-    workers: Optional[int] = typer.Option(None, help="local-cluster worker processes (default: cores)"),
+    workers: Optional[int] = option("workers", default=None),
     retry_failed: bool = typer.Option(True, help="recompute samples stored as failed"),
-    commit_interval_s: float = typer.Option(30.0, help="merge finished samples into the file this often"),
-    limit_tasks: Optional[int] = typer.Option(None, help="stop after this many tasks (timing runs)"),
+    commit_interval_s: float = option("commit_interval_s"),
+    limit_tasks: Optional[int] = option("limit_tasks", default=None),
     json_out: bool = typer.Option(False, "--json", help="print the run summary as JSON"),
 ):
-    """Compute every missing sample of a sweep (resumable; kill and rerun at any time)."""
-    from ..dataset import run_sweep
+    """Compute every missing sample of a sweep (resumable; kill and rerun at any time).
 
-    summary = run_sweep(spec, out, scheduler=scheduler, workers=workers, retry_failed=retry_failed,
+    Exit code 1 when every sample computed in this run failed; a partial failure is reported
+    with the number of failed samples and their reasons.
+    """
+    from ..dataset import run_sweep
+    from ..io import check_output
+
+    sweep = _checked_sweep(spec)
+    check_output(out, "FTLDOSStore")
+    summary = run_sweep(sweep, out, scheduler=scheduler, workers=workers, retry_failed=retry_failed,
                         commit_interval_s=commit_interval_s, console=console, limit_tasks=limit_tasks)
     if json_out:
         emit_json(summary.as_dict())
-        return
-    console.print(f"{summary.written_ok} samples written, {summary.written_failed} failed, "
-                  f"{summary.skipped} already present, {summary.tasks} tasks on {summary.workers} "
-                  f"worker(s) in {summary.wall_time_s:.1f} s -> {out}")
-    for line in summary.errors[:5]:
-        console.print(f"  [yellow]failed[/] {line}")
+    else:
+        result_console.print(f"{summary.written_ok} samples written, {summary.written_failed} failed, "
+                             f"{summary.skipped} already present, {summary.tasks} tasks on {summary.workers} "
+                             f"worker(s) in {summary.wall_time_s:.1f} s -> {out}", highlight=False)
+    if summary.written_failed:
+        reasons = "; ".join(f"{n} x {text}" for n, text in failure_reasons(summary.errors)[:3])
+        computed = summary.written_ok + summary.written_failed
+        if summary.written_ok == 0:
+            sys.stderr.write(f"error: all {computed} samples computed failed ({reasons})\n")
+            raise typer.Exit(code=1)
+        sys.stderr.write(f"warning: {summary.written_failed} of {computed} samples failed ({reasons})\n")
 
 
 @sweep_app.command("show")
 @friendly
 def sweep_show(spec: str = typer.Argument(..., help="sweep TOML file or built-in name"),
                toml: bool = typer.Option(False, help="print the definition as TOML")):
-    """Validate a sweep and show its size and axes (or its TOML)."""
-    from ..dataset import Sweep
-
-    sweep = Sweep.load(spec)
+    """Validate a sweep (every value by the parameter registry) and show its size and axes (or its TOML)."""
+    sweep = _checked_sweep(spec)
     if toml:
         typer.echo(sweep.to_toml())
         return
@@ -77,7 +108,7 @@ def dataset_check(path: Path = typer.Argument(..., help="dataset store")):
         console.print(f"[red]problem:[/] {line}")
     if problems:
         raise typer.Exit(code=1)
-    console.print(f"{path}: ok")
+    result_console.print(f"{path}: ok", highlight=False)
 
 
 @dataset_app.command("merge")
@@ -89,9 +120,12 @@ def dataset_merge(
 ):
     """Merge stores (e.g. sweeps run on several machines, or chains recomputed later) into one."""
     from ..dataset.store import merge_stores
+    from ..io import check_output
 
+    check_output(out, "FTLDOSStore")
     counts = merge_stores(out, sources, replace=replace)
-    console.print(f"{counts['copied']} samples copied, {counts['skipped']} already present -> {out}")
+    result_console.print(f"{counts['copied']} samples copied, {counts['skipped']} already present -> {out}",
+                         highlight=False)
 
 
 @dataset_app.command("export")
@@ -107,7 +141,7 @@ def dataset_export(
     from ..dataset.export import export_png
 
     n = export_png(path, outdir, status=status, colormap=colormap, overwrite=overwrite)
-    console.print(f"{n} images -> {outdir}")
+    result_console.print(f"{n} images -> {outdir}", highlight=False)
 
 
 @dataset_app.command("import")
@@ -115,16 +149,19 @@ def dataset_export(
 def dataset_import(
     files: List[Path] = typer.Argument(..., help="LDOS text files (x y LDOS; U in the name: ...-U2.5...)"),
     out: Path = typer.Option(..., "--out", "-o", help="dataset store (created or extended)"),
-    length_unit: str = typer.Option("auto", help="auto, nm, angstrom, bond or lattice"),
-    size: int = typer.Option(256, help="FT image side in pixels"),
-    apodisation: str = typer.Option("none", help="none, hann or blackman"),
-    remove_q0: bool = typer.Option(True, help="remove the q = 0 peak"),
-    log_scale: bool = typer.Option(False, help="store log10 magnitudes"),
+    length_unit: str = option("length_unit"),
+    ft_size: int = option("ft_size", default=256),
+    apodisation: str = option("apodisation"),
+    remove_q0: bool = option("remove_q0", default=True),
+    log_scale: bool = option("log_scale", default=False),
 ):
     """Import LDOS text files of the reference code into a store."""
     from ..dataset.importer import import_ldos_files
+    from ..io import check_output
 
+    check_output(out, "FTLDOSStore")
     counts = import_ldos_files(files, out, length_unit=length_unit,
-                               ft={"size": size, "apodisation": apodisation, "remove_q0": remove_q0,
+                               ft={"size": ft_size, "apodisation": apodisation, "remove_q0": remove_q0,
                                    "log_scale": log_scale})
-    console.print(f"{counts['imported']} imported, {counts['skipped']} already present -> {out}")
+    result_console.print(f"{counts['imported']} imported, {counts['skipped']} already present -> {out}",
+                         highlight=False)

@@ -40,10 +40,10 @@ def guard_cost(index: int, what: str, force: bool, n_k: int = 1, stored_k: int =
 
     n = atoms_for_index(index)
     cost = estimate(n, n_k=n_k, dense=n <= DENSE_LIMIT if dense is None else dense, stored_k=stored_k)
+    check_fits(cost, f"{what} i = {index}", force)
     if n > 2000 or cost["time_class"] != "seconds":
         console.print(f"{what} i = {index}: {n} atoms, ~{cost['memory_gib']:.3g} GiB ({cost['method']}), "
                       f"time class: {cost['time_class']}", highlight=False)
-    check_fits(cost, f"{what} i = {index}", force)
     return cost
 
 

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console, emit_json, friendly
+from ._app import app, check_targets, console, emit_json, friendly, option, result_console
+
+TargetOpt = typer.Option(["hubbard_u_ev"], "--target", help="Target parameter(s), registry names; repeat for several.")
 
 
 def _threads(threads: Optional[int]) -> None:
@@ -21,38 +23,37 @@ def _threads(threads: Optional[int]) -> None:
 @friendly
 def train_cmd(
     data: Path = typer.Argument(..., help="dataset store (.h5)"),
-    model: str = typer.Option("cnn", help="mlp | cnn | resnet18"),
-    split: str = typer.Option("group", help="random | group | interpolate | extrapolate | filling"),
-    out: Path = typer.Option(Path("runs/run"), help="run directory"),
-    target: list[str] = typer.Option(["hubbard_u_ev"], help="target parameter(s); repeat for several"),
-    epochs: int = typer.Option(60, help="maximum epochs"),
-    batch_size: int = typer.Option(16),
-    lr: float = typer.Option(2e-3, help="AdamW learning rate"),
-    patience: int = typer.Option(15, help="early stopping patience (epochs without a better val MAE)"),
-    seed: int = typer.Option(0),
-    augment: str = typer.Option("clean", help="clean | mild | symb | noisy"),
-    augment_space: str = typer.Option("ft", help="ft (fast) | real (artifacts on the STM map)"),
-    symmetry: bool = typer.Option(False, help="also apply random 60° rotations and mirrors"),
-    input_size: Optional[int] = typer.Option(None, help="model input side after down-sampling"),
-    max_minutes: Optional[float] = typer.Option(
-        None, help="wall-time budget; the cosine learning-rate schedule is fitted to it"),
+    model: str = option("model"),
+    split: str = option("split"),
+    out: Path = typer.Option(Path("runs/run"), "--out", "-o", help="run directory"),
+    target: list[str] = TargetOpt,
+    epochs: int = option("epochs"),
+    batch_size: int = option("batch_size"),
+    lr: float = option("lr"),
+    patience: int = option("patience"),
+    seed: int = option("seed"),
+    augment: str = option("augment"),
+    augment_space: str = option("augment_space"),
+    symmetry: bool = option("symmetry"),
+    input_size: Optional[int] = option("input_size"),
+    max_minutes: Optional[float] = option("max_minutes"),
     resume: bool = typer.Option(False, help="continue OUT/last.pt"),
     overwrite: bool = typer.Option(False, help="replace an existing run in OUT"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
-    device: str = typer.Option("cpu", help="cpu | cuda | auto (CUDA when available)"),
-    loss: str = typer.Option("mse", help="mse | l1 | huber (on standardised targets)"),
-    standardise: str = typer.Option("global", help="image standardisation: global | pixel (per-pixel std)"),
-    norm: Optional[str] = typer.Option(None, help="cnn / resnet18 normalisation layers: group | batch"),
-    channels: Optional[str] = typer.Option(
-        None, help="stack the images at every value of this parameter (e.g. bias_ev) as input channels"),
-    kernel: bool = typer.Option(True, help="blend the network with a pixel kernel ridge (weight chosen on "
-                                           "validation)"),
+    threads: Optional[int] = option("threads"),
+    device: str = option("device"),
+    loss: str = option("loss"),
+    standardise: str = option("standardise"),
+    norm: Optional[str] = option("norm"),
+    channels: Optional[str] = option("channels"),
+    kernel: bool = option("kernel"),
+    json_out: bool = typer.Option(False, "--json", help="print the test metrics as JSON"),
 ) -> None:
     """Train a network to predict U from FT-LDOS images; prints the held-out test metrics."""
     from ..learn import evaluate, train
 
+    targets = check_targets(target)
     _threads(threads)
-    run = train(data, model=model, split=split, out=out, targets=target, epochs=epochs, batch_size=batch_size,
+    run = train(data, model=model, split=split, out=out, targets=targets, epochs=epochs, batch_size=batch_size,
                 lr=lr, patience=patience, seed=seed, augment=augment, augment_space=augment_space,
                 symmetry=symmetry,
                 input_size=input_size, max_minutes=max_minutes, resume=resume, overwrite=overwrite,
@@ -60,16 +61,20 @@ def train_cmd(
                 model_options={} if norm is None else {"norm": norm})
     best = run.best
     console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val MAE "
-                  f"{', '.join(f'{v:.4g}' for v in best['val_mae'])}, time to best {best['time_s']:.1f} s")
+                  f"{', '.join(f'{v:.4g}' for v in best['val_mae'])}, time to best {best['time_s']:.1f} s",
+                  highlight=False)
     if run.kernel is not None:
         v = run.kernel.val_mae
         console.print(f"blend: {run.kernel.describe()}; val MAE network {v['network']:.4g}, kernel "
-                      f"{v['kernel']:.4g}, blend {v['blend']:.4g}")
+                      f"{v['kernel']:.4g}, blend {v['blend']:.4g}", highlight=False)
     result = evaluate(run)
+    if json_out:
+        emit_json({**result, "run": str(out)})
+        return
     for name, m in result["targets"].items():
-        console.print(f"test {name}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R² {m['r2']:.4f}  "
-                      f"(n={m['n']}, within 2σ {m['coverage']['within_2sigma']:.2f})")
-    console.print(f"run saved in {out}")
+        result_console.print(f"test {name}: MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  R² {m['r2']:.4f}  "
+                             f"(n={m['n']}, within 2σ {m['coverage']['within_2sigma']:.2f})", highlight=False)
+    result_console.print(f"run saved in {out}", highlight=False)
 
 
 @app.command("evaluate")
@@ -77,12 +82,11 @@ def train_cmd(
 def evaluate_cmd(
     run: Path = typer.Argument(..., help="run directory"),
     data: Optional[Path] = typer.Option(None, help="another store to evaluate on (all its samples)"),
-    part: str = typer.Option("test", help="test | val | train (own store only)"),
-    out: Optional[Path] = typer.Option(None, help="output directory for metrics.json and plots"),
+    part: str = option("part"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory for metrics.json and plots"),
     json_out: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
-    corrupt: Optional[str] = typer.Option(None, help="corrupt the images with an augmentation preset "
-                                                     "(mild | symb | noisy) before predicting"),
-    seed: int = typer.Option(0, help="seed of the corruption draws"),
+    corrupt: Optional[str] = option("corrupt"),
+    seed: int = option("seed", help="Seed of the corruption draws"),
 ) -> None:
     """MAE, RMSE, R², error per U, uncertainty coverage; parity and residual PNGs and metrics.json."""
     from ..learn import evaluate
@@ -93,9 +97,10 @@ def evaluate_cmd(
         return
     for name, m in result["targets"].items():
         cov = m["coverage"]
-        console.print(f"{name} on {result['part']} (n={m['n']}): MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  "
-                      f"R² {m['r2']:.4f}  within 1σ/2σ {cov['within_1sigma']:.2f}/{cov['within_2sigma']:.2f}")
-    console.print(f"written to {result.get('out')}")
+        result_console.print(f"{name} on {result['part']} (n={m['n']}): MAE {m['mae']:.4g}  RMSE {m['rmse']:.4g}  "
+                             f"R² {m['r2']:.4f}  within 1σ/2σ {cov['within_1sigma']:.2f}/{cov['within_2sigma']:.2f}",
+                             highlight=False)
+    result_console.print(f"written to {result.get('out')}", highlight=False)
 
 
 @app.command("predict")
@@ -106,8 +111,8 @@ def predict_cmd(
                                            "(.sxm, .3ds, .gwy; .npy/.txt real-space map with --pixel-nm)"),
     key: Optional[str] = typer.Option(None, help="sample key when INPUT is a store (default: all samples)"),
     channel: Optional[str] = typer.Option(None, help="channel of a measured STM file (e.g. 'Z', 'LI Demod 1 X')"),
-    pixel_nm: Optional[float] = typer.Option(None, help="pixel size in nm of a real-space .npy/.txt map"),
-    no_drift: bool = typer.Option(False, "--no-drift", help="skip Lawler-Fujita drift correction"),
+    pixel_nm: Optional[float] = option("pixel_nm"),
+    drift: bool = option("drift"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Predict U ± 1σ (MC dropout and, for a blend, the network-kernel disagreement, recalibrated on
@@ -119,7 +124,7 @@ def predict_cmd(
     if measured:
         from ..learn.measured import predict_measured
 
-        result = predict_measured(run, input, channel, pixel_nm=pixel_nm, drift_correction=not no_drift)
+        result = predict_measured(run, input, channel, pixel_nm=pixel_nm, drift_correction=drift)
         if json_out:
             emit_json(result.to_dict())
         else:
@@ -138,24 +143,25 @@ def predict_cmd(
 @friendly
 def baselines_cmd(
     data: Path = typer.Argument(..., help="dataset store (.h5)"),
-    split: str = typer.Option("group", help="random | group | interpolate | extrapolate | filling"),
-    seed: int = typer.Option(0),
-    target: list[str] = typer.Option(["hubbard_u_ev"]),
+    split: str = option("split"),
+    seed: int = option("seed"),
+    target: list[str] = TargetOpt,
     run: Optional[Path] = typer.Option(None, help="use the split (and channels) of this run (to compare with it)"),
-    channels: Optional[str] = typer.Option(None, help="stack this parameter's values as channels (e.g. bias_ev)"),
+    channels: Optional[str] = option("channels"),
     json_out: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """PCA + ridge, PCA + kernel ridge and peak-intensity + ridge baselines on the same split."""
     from ..learn import Run, run_baselines
 
+    targets = check_targets(target)
     loaded = Run.load(run) if run is not None else None
-    result = run_baselines(data, split=loaded.split if loaded else split, seed=seed, targets=target,
+    result = run_baselines(data, split=loaded.split if loaded else split, seed=seed, targets=targets,
                            channels=loaded.normalizer.channels if loaded else channels)
     if json_out:
         emit_json(result)
         return
     console.print(f"split {result['split']} (train/val/test = {result['n']['train']}/{result['n']['val']}/"
-                  f"{result['n']['test']})")
+                  f"{result['n']['test']})", highlight=False)
     for name, r in result["results"].items():
         for t in result["targets"]:
             m = r[t]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -10,16 +9,22 @@ import numpy as np
 import typer
 
 from ..errors import MoireSTMError
-from ._app import app, console, emit_json, friendly
+from ._app import app, console, emit_json, friendly, option
 
 
-def _pixel(pixel_nm: Optional[str]):
-    if pixel_nm is None:
+def _pixel(pixel_spec: Optional[str]):
+    """``--pixel-nm`` as one value or a (dx, dy) pair, each checked by the registry's ``pixel_nm``."""
+    from ..parameters import validate
+
+    if pixel_spec is None:
         return None
     try:
-        values = [float(v) for v in pixel_nm.replace(",", " ").split()]
+        values = [float(v) for v in pixel_spec.replace(",", " ").split()]
     except ValueError:
-        raise MoireSTMError(f"--pixel-nm must be one or two numbers, got {pixel_nm!r}") from None
+        raise MoireSTMError(f"--pixel-nm must be one or two numbers, got {pixel_spec!r}") from None
+    if len(values) not in (1, 2):
+        raise MoireSTMError(f"--pixel-nm must be one or two numbers, got {pixel_spec!r}")
+    values = [validate("pixel_nm", v, "--pixel-nm") for v in values]
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -61,12 +66,12 @@ def _simulated_image(spec: str, measured: np.ndarray, twist_deg: float) -> tuple
 def stm_info(
     path: Path = typer.Argument(..., help="STM file (.sxm, .3ds, .gwy, .npy, .txt)."),
     channel: Optional[str] = typer.Option(None, help="Channel name or unique fragment."),
-    pixel_nm: Optional[str] = typer.Option(None, "--pixel-nm", help="Pixel size in nm (plain arrays)."),
+    pixel_spec: Optional[str] = typer.Option(None, "--pixel-nm", help="Pixel size in nm (plain arrays)."),
 ):
     """Print the channels and metadata (scan size, angle, bias, set point) of an STM file."""
     from ..measured import read_stm
 
-    emit_json(read_stm(path, channel, pixel_nm=_pixel(pixel_nm)).summary())
+    emit_json(read_stm(path, channel, pixel_nm=_pixel(pixel_spec)).summary())
 
 
 @app.command("calibrate")
@@ -74,34 +79,41 @@ def stm_info(
 def calibrate_cmd(
     path: Path = typer.Argument(..., help="STM file (.sxm, .3ds, .gwy, .npy, .txt)."),
     channel: Optional[str] = typer.Option(None, help="Channel name or unique fragment (default: dI/dV, else Z)."),
-    direction: str = typer.Option("forward", help="forward or backward (.sxm)."),
-    pixel_nm: Optional[str] = typer.Option(None, "--pixel-nm", help="Pixel size in nm: one value or 'dx,dy'."),
-    bias_v: Optional[float] = typer.Option(None, "--bias-v", help="Sweep point of a .3ds grid (V)."),
-    line_order: int = typer.Option(1, help="Line-levelling polynomial degree (-1 none, 0 offset)."),
-    drift: bool = typer.Option(True, "--drift/--no-drift", help="Lawler-Fujita drift correction."),
+    direction: str = option("direction"),
+    pixel_spec: Optional[str] = typer.Option(None, "--pixel-nm", help="Pixel size in nm: one value or 'dx,dy'."),
+    bias_v: Optional[float] = option("bias_v"),
+    line_order: int = option("line_order"),
+    drift: bool = option("drift"),
     simulated: Optional[str] = typer.Option(None, help="Simulated FT (.npy) or FT-LDOS store (.h5) to compare."),
-    out: Path = typer.Option(Path("calibrated"), help="Output directory."),
+    out: Path = typer.Option(Path("calibrated"), "--out", "-o", help="Output directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace output files that hold another kind."),
 ):
     """Calibrate a measured TBG map to the simulation frame: twist angle, model-ready FT image, figure."""
-    from ..measured import calibrate, comparison_figure, read_stm, save_calibrated
+    from ..io import FIGURE, NPY, check_output, output_dir, write_json, write_npy
+    from ..measured import CALIBRATED_KIND, calibrate, comparison_figure, read_stm, save_calibrated
 
-    stm = read_stm(path, channel, direction=direction, pixel_nm=_pixel(pixel_nm), bias_v=bias_v)
-    result = calibrate(stm, line_order=line_order, drift_correction=drift)
-    out.mkdir(parents=True, exist_ok=True)
     stem = path.stem
-    save_calibrated(out / f"{stem}_calibrated.h5", result)
-    np.save(out / f"{stem}_ft.npy", result.image)
-    report = result.report.to_dict()
-    (out / f"{stem}_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    files = {"h5": (out / f"{stem}_calibrated.h5", CALIBRATED_KIND), "npy": (out / f"{stem}_ft.npy", NPY),
+             "json": (out / f"{stem}_report.json", "CalibrationReport"), "png": (out / f"{stem}_ft.png", FIGURE)}
+    if out.is_dir():
+        for file, kind in files.values():
+            check_output(file, kind, overwrite)
+    stm = read_stm(path, channel, direction=direction, pixel_nm=_pixel(pixel_spec), bias_v=bias_v)
+    result = calibrate(stm, line_order=line_order, drift_correction=drift)
     sim, sim_name = (None, "")
     if simulated is not None:
         sim, sim_name = _simulated_image(simulated, result.image, result.report.twist_angle_deg)
-    comparison_figure(out / f"{stem}_ft.png", result.image, result.kx_nm, result.ky_nm, sim,
+    output_dir(out)
+    save_calibrated(files["h5"][0], result, overwrite=overwrite)
+    write_npy(files["npy"][0], result.image, overwrite=overwrite)
+    report = result.report.to_dict()
+    write_json(files["json"][0], report, "CalibrationReport", overwrite=overwrite, indent=2)
+    comparison_figure(files["png"][0], result.image, result.kx_nm, result.ky_nm, sim,
                       title_measured=f"{path.name} (θ = {result.report.twist_angle_deg:.3f}°)",
-                      title_simulated=f"simulated {sim_name}")
+                      title_simulated=f"simulated {sim_name}", overwrite=overwrite)
     for warning in result.report.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"{path.name}: {result.report}")
+    console.print(f"{path.name}: {result.report}", highlight=False)
     emit_json({k: report[k] for k in ("twist_angle_deg", "twist_uncertainty_deg", "moire_period_nm",
                                       "pixel_scale", "sample_rotation_deg", "mirrored", "drift_rms_nm",
                                       "ft_coverage")} | {"out": str(out)})

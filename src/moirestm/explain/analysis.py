@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MoireSTMError
+from ..io import output_dir, write_json
 from .crossover import Crossover, estimate_crossover
 from .regions import REGION_LABELS, REGIONS, regions_for_sample, sample_lattice
 
@@ -253,12 +254,11 @@ def analyze(store_path: Any, out_dir: str | Path | None = None, *, max_samples: 
                             crossovers, u_c, order_parameter, crossover_method,
                             store=str(st.path) if getattr(st, "path", None) else None, notes=notes)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = output_dir(out_dir)
         result.out_dir = out
         if plots:
             result.figures = plot_analysis(result, sel, out)
-        (out / "analysis.json").write_text(json.dumps(result.summary(), indent=1))
+        write_json(out / "analysis.json", result.summary(), "AnalysisSummary", overwrite=True)
     return result
 
 

@@ -25,7 +25,6 @@ fractions of the total absolute attribution.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import MoireSTMError
+from ..io import output_dir, write_json
 from .regions import REGION_LABELS, REGIONS, PeakRegions, regions_for_sample
 
 METHODS = ("gradcam", "guided_backprop", "integrated_gradients")
@@ -402,14 +402,14 @@ def explain(run: Any, store: Any = None, samples: str | Sequence[str] | None = "
     files: dict = {}
     out_dir = Path(out) if out is not None else (Path(run.path) / "explain" if run.path is not None else None)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_dir(out_dir)
         if plots:
             files["overlays"] = plot_overlays(atts, out_dir / "overlays.png", present)
             files["shares"] = plot_shares(atts, out_dir / "shares.png", u_c, present)
         files["json"] = out_dir / "explain.json"
     result = ExplainResult(atts, shares, trends, areas, files, out_dir)
     if out_dir is not None:
-        files["json"].write_text(json.dumps(result.summary(), indent=1, default=float))
+        write_json(files["json"], result.summary(), "ExplainSummary", overwrite=True)
     return result
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import tempfile
 import time
@@ -19,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MoireSTMError
+from ..io import HTML, check_output, write_json, write_text
 from .attribution import METHOD_LABELS, METHODS
 from .regions import REGION_LABELS, REGIONS
 
@@ -229,7 +229,7 @@ def _trivial_baseline(run, st, keys_test: list[str]) -> dict:
 def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_html: str | Path | None = None,
                  *, samples: str | Sequence[str] = "test", max_samples: int = 24,
                  methods: Sequence[str] = METHODS, n_steps: int = 32, baselines: bool = True,
-                 analysis=None, title: str | None = None, progress=None) -> Path:
+                 analysis=None, title: str | None = None, progress=None, overwrite: bool = False) -> Path:
     """Write the self-contained HTML report of a run and return its path.
 
     Parameters
@@ -242,6 +242,7 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
         run's split.
     analysis : a precomputed :class:`~moirestm.explain.analysis.AnalysisResult` with figures (else computed).
     progress : optional callable ``progress(message)`` for status lines.
+    overwrite : replace ``out_html`` (and the ``.json`` beside it) even if it holds another kind of file.
     """
     from ..learn import Run, evaluate, open_store
     from .analysis import analyze
@@ -254,7 +255,10 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
         raise MoireSTMError("the run records no store; pass the store path")
     st = open_store(store)
     out_html = Path(out_html) if out_html is not None else Path(run.path) / "report.html"
-    out_html.parent.mkdir(parents=True, exist_ok=True)
+    if run.path is not None and out_html.resolve().parent == Path(run.path).resolve():
+        overwrite = True  # the run folder's own report
+    check_output(out_html, HTML, overwrite)
+    check_output(out_html.with_suffix(".json"), REPORT_DATA_KIND, overwrite)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="moirestm-report-") as tmp:
         tmp = Path(tmp)
@@ -291,24 +295,19 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
             body.append(f'<p class="note">baselines failed: {html.escape(base["error"])}</p>')
         body.append(f"<p><small>report built in {time.perf_counter() - t0:.1f} s</small></p>")
         doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+               f'<meta name="generator" content="moirestm {html.escape(__version__)}">'
                f"<title>{html.escape(title or 'moirestm report')}</title><style>{CSS}</style></head>"
                f"<body>{''.join(body)}</body></html>\n")
-    tmp_out = out_html.with_name(f".{out_html.name}.tmp")
-    tmp_out.write_text(doc, encoding="utf-8")
-    tmp_out.replace(out_html)
+    write_text(out_html, doc, HTML, overwrite)
     metrics = {k: v for k, v in metrics.items() if k not in ("out", "plots")}
-    (out_html.with_suffix(".json")).write_text(json.dumps(
-        {"metrics": metrics, "trivial_baseline": trivial, "baselines": base, "explain": expl.summary(),
-         "analysis": analysis.summary()}, indent=1, default=_json_default))
+    write_json(out_html.with_suffix(".json"),
+               {"metrics": metrics, "trivial_baseline": trivial, "baselines": base, "explain": expl.summary(),
+                "analysis": analysis.summary()}, REPORT_DATA_KIND, overwrite)
     return out_html
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+#: Kind of the ``.json`` written beside the report.
+REPORT_DATA_KIND = "ReportData"
 
 
 __all__ = ["build_report", "embed_png", "plot_history"]

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import MoireSTMError
+from ..io import output_dir, write_json
 from .augment import Augmenter
 from .data import SampleArrays, open_store, store_path, targets_of
 from .predict import predict_parts
+
+#: Kind recorded in ``metrics.json``.
+EVALUATION_KIND = "Evaluation"
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -122,14 +125,13 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
     if out is None and plots and run.path is not None:
         out = Path(run.path) / f"eval-{label}"
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(result, indent=1))
-        (out / "predictions.json").write_text(json.dumps(
-            [{"key": k, **{n: float(y[i, j]) for j, n in enumerate(names)},
-              **{f"{n}_pred": float(mean[i, j]) for j, n in enumerate(names)},
-              **{f"{n}_sigma": float(sigma[i, j]) for j, n in enumerate(names)}} for i, k in enumerate(keys)],
-            indent=1))
+        out = output_dir(out)
+        write_json(out / "metrics.json", result, EVALUATION_KIND, overwrite=True)
+        write_json(out / "predictions.json",
+                   [{"key": k, **{n: float(y[i, j]) for j, n in enumerate(names)},
+                     **{f"{n}_pred": float(mean[i, j]) for j, n in enumerate(names)},
+                     **{f"{n}_sigma": float(sigma[i, j]) for j, n in enumerate(names)}} for i, k in enumerate(keys)],
+                   "EvaluationPredictions", overwrite=True)
         if plots:
             result["plots"] = plot_parity(y, mean, sigma, names, out, title=f"{run.name} "
                                           f"({run.split.kind} split, {label})")
@@ -139,39 +141,10 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
 
 def plot_parity(y: np.ndarray, pred: np.ndarray, sigma: np.ndarray, names: list[str], out: Path,
                 title: str = "") -> list[str]:
-    """Write ``parity.png`` and ``residuals.png``; returns their paths."""
-    import matplotlib
+    """Write ``parity.png`` and ``residuals.png`` (:mod:`moirestm.plot`); returns their paths."""
+    from .. import plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(names)
-    paths = []
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
-    for j, name in enumerate(names):
-        ax = axes[0, j]
-        lo, hi = float(min(y[:, j].min(), pred[:, j].min())), float(max(y[:, j].max(), pred[:, j].max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.errorbar(y[:, j], pred[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
-        m = regression_metrics(y[:, j], pred[:, j])
-        ax.set_xlabel(f"true {name}")
-        ax.set_ylabel(f"predicted {name}")
-        ax.set_title(f"MAE {m['mae']:.3g}, R² {m['r2']:.4f}", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    paths.append(str(out / "parity.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
-    for j, name in enumerate(names):
-        ax = axes[0, j]
-        ax.axhline(0, color="k", lw=1)
-        ax.errorbar(y[:, j], pred[:, j] - y[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
-        ax.set_xlabel(f"true {name}")
-        ax.set_ylabel("residual")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    paths.append(str(out / "residuals.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [str(out / "parity.png"), str(out / "residuals.png")]
+    for draw, path in zip((plot.parity, plot.residuals), paths):
+        plot.save_figure(draw(y, pred, sigma, names, title=title)[0].figure, path, overwrite=True, dpi=110)
     return paths

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch
 
 from .. import __version__
 from ..errors import MoireSTMError
+from ..io import output_dir, write_json
+from ..parameters import REGISTRY, parameter
 from .augment import Augmenter, get_preset
 from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, check_standardise, make_split,
                    open_store, store_path, targets_of)
@@ -163,6 +166,7 @@ class Run:
         if not file.is_file():
             raise MoireSTMError(f"no checkpoint at {file}")
         state = _load_checkpoint(file)
+        check_run_dir(file, state)
         return cls.from_state(state, file.parent)
 
     @classmethod
@@ -190,6 +194,32 @@ class Run:
         from .predict import predict_images
 
         return predict_images(self, images, self.mc_samples if mc_samples is None else mc_samples)
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_run_dir(file: Path, state: dict) -> None:
+    """Refuse a checkpoint whose model or training config differs from the ``run.json`` beside it
+    (a checkpoint copied in from another run)."""
+    summary_file = file.parent / "run.json"
+    if not isinstance(state, dict) or not summary_file.is_file():
+        return
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise MoireSTMError(f"{summary_file} is damaged ({exc})") from None
+    for name, recorded, found in (("model", summary.get("model"), state.get("model_config")),
+                                  ("config", summary.get("config"), state.get("config"))):
+        if recorded is None or found is None:
+            continue
+        recorded, found = _plain(recorded), _plain(found)
+        if recorded != found:
+            keys = sorted(k for k in set(recorded) | set(found) if recorded.get(k) != found.get(k))
+            detail = ", ".join(f"{k} {recorded.get(k)!r} vs {found.get(k)!r}" for k in keys[:4])
+            raise MoireSTMError(f"{file} comes from another model configuration than {summary_file} "
+                                f"({name}: {detail})")
 
 
 def load_strict(model: torch.nn.Module, state_dict: dict, where: str = "checkpoint") -> None:
@@ -283,8 +313,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     if "targets" in options:
         options["targets"] = [options["targets"]] if isinstance(options["targets"], str) else list(options["targets"])
     cfg = TrainConfig(model=model, split=split.kind if isinstance(split, Split) else split, **options)
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise MoireSTMError("epochs and batch_size must be positive")
+    check_config(cfg)
     if cfg.loss not in LOSSES:
         raise MoireSTMError(f"unknown loss {cfg.loss!r}; choose one of {', '.join(LOSSES)}")
     check_standardise(cfg.standardise)  # before anything is written to ``out``
@@ -298,7 +327,32 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
     out = Path(out)
     if (out / CHECKPOINT).exists() and not (resume or overwrite):
         raise MoireSTMError(f"{out} already holds a run; pass resume or overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    output_dir(out)
+    try:
+        return _fit(cfg, st, store, split, out, model, augment, device, resume, progress)
+    except BaseException:
+        if created and not (out / LAST).exists():  # nothing resumable was written: leave no half-made run
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Every registered numeric or boolean hyper-parameter within its range (the named choices are
+    checked by the stages that use them); targets are registered numeric parameters."""
+    for name, value in cfg.to_dict().items():
+        if name in REGISTRY and REGISTRY[name].kind != "str":
+            REGISTRY[name].validate(value, "train")
+    if not cfg.targets:
+        raise MoireSTMError("train: give at least one target")
+    for name in cfg.targets:
+        if parameter(name).kind not in ("float", "int"):
+            raise MoireSTMError(f"train: target {name!r} is not a numeric parameter")
+
+
+def _fit(cfg: TrainConfig, st, store, split, out: Path, model: str, augment: Augmenter, device, resume: bool,
+         progress: bool) -> Run:
+    """The training stages: split and normalisation, epochs, blend, calibration, save."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
 
@@ -333,7 +387,7 @@ def train(store: Any, model: str = "cnn", split: str | Split = "group", out: str
         model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
                         **({"in_channels": normalizer.n_channels} if normalizer.channels else {}),
                         **cfg.model_options}
-    (out / "split.json").write_text(json.dumps(split_obj.to_dict(), indent=1))
+    write_json(out / "split.json", split_obj.to_dict(), "Split", overwrite=True)
 
     train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
     val_ds = ImageDataset(st, split_obj.val, normalizer)
@@ -534,7 +588,7 @@ def _write_summary(run: Run, out: Path) -> None:
                                               "n_train": len(run.split.train), "n_val": len(run.split.val),
                                               "n_test": len(run.split.test), "held_out": run.split.held_out},
                "best": run.best, "calibration": run.calibration, "history": run.history}
-    (out / "run.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "run.json", summary, "RunSummary", overwrite=True)
 
 
 def _progress(enabled: bool):

@@ -54,13 +54,13 @@ def prepare_measured(
     return result.image, result.report
 
 
-def save_calibrated(path: str | os.PathLike, result: Calibrated) -> Path:
+def save_calibrated(path: str | os.PathLike, result: Calibrated, overwrite: bool = False) -> Path:
     """Write a calibration (FT image, axes, levelled map, report) to a self-describing HDF5 file."""
     from ..io import write_h5
 
     return write_h5(path, CALIBRATED_KIND, result.report.to_dict(),
                     {"image": result.image, "kx_nm": result.kx_nm, "ky_nm": result.ky_nm,
-                     "levelled": result.levelled.astype(np.float32)})
+                     "levelled": result.levelled.astype(np.float32)}, overwrite=overwrite)
 
 
 def comparison_figure(
@@ -73,30 +73,18 @@ def comparison_figure(
     title_measured: str = "measured",
     title_simulated: str = "simulated",
     log: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Save measured FT (and, if given, a simulated FT on the same window) side by side."""
-    import matplotlib
+    """Save measured FT (and, if given, a simulated FT on the same window) side by side
+    (:func:`moirestm.plot.ft_comparison`)."""
+    from .. import plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(measured, title_measured)] + ([(simulated, title_simulated)] if simulated is not None else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
-    extent = (kx_nm[0], kx_nm[-1], ky_nm[0], ky_nm[-1])
-    for ax, (img, title) in zip(axes[0], panels):
-        img = np.asarray(img, dtype=float)
-        if img.shape != measured.shape:
-            raise MoireSTMError(f"simulated image shape {img.shape} differs from the measured {measured.shape}")
-        shown = np.log10(img - img.min() + 1e-3 * (np.ptp(img) or 1.0)) if log else img
-        ax.imshow(shown, origin="lower", extent=extent, cmap="inferno", aspect="equal")
-        ax.set_title(title)
-        ax.set_xlabel("$k_x$ (nm$^{-1}$)")
-        ax.set_ylabel("$k_y$ (nm$^{-1}$)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if simulated is not None and np.shape(simulated) != np.shape(measured):
+        raise MoireSTMError(f"simulated image shape {np.shape(simulated)} differs from the measured "
+                            f"{np.shape(measured)}")
+    axes = plot.ft_comparison(measured, kx_nm, ky_nm, simulated, title_measured=title_measured,
+                              title_simulated=title_simulated, log=log)
+    return Path(plot.save_figure(axes[0].figure, path, overwrite=overwrite, dpi=110))
 
 
 def nearest_simulated(candidates: dict[str, np.ndarray], image: np.ndarray) -> str:

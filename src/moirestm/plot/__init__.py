@@ -109,10 +109,89 @@ def u_sweep(result, ax=None, title: str = ""):
     return ax
 
 
+def _metrics(y, pred) -> tuple[float, float]:
+    err = np.asarray(pred) - np.asarray(y)
+    ss = float(np.sum((np.asarray(y) - np.mean(y)) ** 2))
+    return float(np.mean(np.abs(err))), (1.0 - float(np.sum(err ** 2)) / ss) if ss > 0 else float("nan")
+
+
+def parity(y, pred, sigma, names, axes=None, title: str = ""):
+    """Predicted against true value (with 1-sigma bars), one panel per target; returns the axes."""
+    n = len(names)
+    if axes is None:
+        axes = figure(n, 1, figsize=(4.2 * n, 4), dpi=110)[1]
+    axes = np.atleast_1d(axes)
+    for j, name in enumerate(names):
+        ax = axes[j]
+        lo, hi = float(min(y[:, j].min(), pred[:, j].min())), float(max(y[:, j].max(), pred[:, j].max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.errorbar(y[:, j], pred[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
+        mae, r2 = _metrics(y[:, j], pred[:, j])
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_title(f"MAE {mae:.3g}, R² {r2:.4f}", fontsize=9)
+    axes[0].figure.suptitle(title, fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def residuals(y, pred, sigma, names, axes=None, title: str = ""):
+    """Residual against true value (with 1-sigma bars), one panel per target; returns the axes."""
+    n = len(names)
+    if axes is None:
+        axes = figure(n, 1, figsize=(4.2 * n, 3.4), dpi=110)[1]
+    axes = np.atleast_1d(axes)
+    for j, name in enumerate(names):
+        ax = axes[j]
+        ax.axhline(0, color="k", lw=1)
+        ax.errorbar(y[:, j], pred[:, j] - y[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel("residual")
+    axes[0].figure.suptitle(title, fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def history(records, axes=None):
+    """Training loss (log) and validation MAE per epoch from a run's history; returns the two axes."""
+    if axes is None:
+        axes = figure(2, 1, figsize=(9, 3.2), dpi=100)[1]
+    ep = [h["epoch"] for h in records]
+    axes[0].plot(ep, [h["train_loss"] for h in records], "o-", ms=3)
+    axes[0].set_ylabel("training loss (standardised MSE)")
+    axes[0].set_yscale("log")
+    mae = np.array([h["val_mae"] for h in records], float).reshape(len(records), -1)
+    axes[1].plot(ep, mae, "o-", ms=3)
+    axes[1].set_ylabel("validation MAE")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def ft_comparison(measured, kx_nm, ky_nm, simulated=None, axes=None, *, title_measured: str = "measured",
+                  title_simulated: str = "simulated", log: bool = True):
+    """A measured FT image (and a simulated one on the same window) side by side; returns the axes."""
+    panels = [(measured, title_measured)] + ([(simulated, title_simulated)] if simulated is not None else [])
+    if axes is None:
+        axes = figure(len(panels), 1, figsize=(5 * len(panels), 4.6), dpi=110)[1]
+    axes = np.atleast_1d(axes)
+    extent = (kx_nm[0], kx_nm[-1], ky_nm[0], ky_nm[-1])
+    for ax, (img, title) in zip(axes, panels):
+        img = np.asarray(img, dtype=float)
+        shown = np.log10(img - img.min() + 1e-3 * (np.ptp(img) or 1.0)) if log else img
+        ax.imshow(shown, origin="lower", extent=extent, cmap="inferno", aspect="equal")
+        ax.set_title(title)
+        ax.set_xlabel("$k_x$ (nm$^{-1}$)")
+        ax.set_ylabel("$k_y$ (nm$^{-1}$)")
+    axes[0].figure.tight_layout()
+    return axes
+
+
 def save(draw, result, path, overwrite: bool = False, dpi: int | None = None, **kwargs):
     """Draw ``result`` with the plot function ``draw`` on a new figure and save it to ``path``."""
     ax = draw(result, **kwargs)
     return save_figure(ax.figure, path, overwrite=overwrite, dpi=dpi)
 
 
-__all__ = ["bands", "dos", "figure", "save", "save_figure", "stm_map", "u_sweep"]
+__all__ = ["bands", "dos", "figure", "ft_comparison", "history", "parity", "residuals", "save", "save_figure", "stm_map", "u_sweep"]
