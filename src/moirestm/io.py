@@ -241,8 +241,10 @@ def write_h5(path: str | os.PathLike, kind: str, params: dict, arrays: dict[str,
     return Path(path)
 
 
-def read_h5(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndarray], dict]:
+def read_h5(path: str | os.PathLike, kind: str, nested: bool = False) -> tuple[dict, dict[str, np.ndarray], dict]:
     """Read a file written by :func:`write_h5`, checking that it holds ``kind``.
+
+    ``nested`` also reads the datasets inside groups (named ``group/name``).
 
     Returns
     -------
@@ -259,7 +261,12 @@ def read_h5(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndar
                 raise MoireSTMError(f"{path} was not written by moirestm (no '{KIND_ATTR}' attribute)")
             if found != kind:
                 raise MoireSTMError(f"{path} holds a {found}, expected a {kind}")
-            arrays = {name: f[name][()] for name in f.keys() if isinstance(f[name], h5py.Dataset)}
+            if nested:
+                arrays = {}
+                f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()])
+                             if isinstance(obj, h5py.Dataset) else None)
+            else:
+                arrays = {name: f[name][()] for name in f.keys() if isinstance(f[name], h5py.Dataset)}
     except OSError as exc:
         raise MoireSTMError(f"{path} is not a readable HDF5 file ({exc})") from None
     try:
@@ -267,3 +274,108 @@ def read_h5(path: str | os.PathLike, kind: str) -> tuple[dict, dict[str, np.ndar
     except (KeyError, json.JSONDecodeError) as exc:
         raise MoireSTMError(f"{path}: damaged parameter record ({exc})") from None
     return params, arrays, attrs
+
+
+# ============================================================================ the result base
+#: Result classes by kind, for loading nested results.
+RESULT_TYPES: dict[str, type] = {}
+#: Attribute holding a result's format version.
+FORMAT_ATTR = "result_format"
+
+
+class Result:
+    """Base of saveable stage results: fields declared once, saved with provenance, checked on load.
+
+    A subclass is a dataclass; its fields are saved as they are: numpy arrays (also inside dicts,
+    lists and nested results) as HDF5 datasets, everything else in the JSON parameter record.
+    ``KIND`` names the type in the file (default: the class name) and ``FORMAT`` its layout
+    version; :meth:`load` refuses another kind or a newer format with a message naming both.
+    Fields listed in ``TRANSIENT`` are not saved (they come back as their defaults).
+    """
+
+    KIND: str = ""
+    FORMAT: int = 1
+    TRANSIENT: tuple = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__dict__.get("KIND"):
+            cls.KIND = cls.__name__
+        RESULT_TYPES[cls.KIND] = cls
+
+    # ------------------------------------------------------------------ record
+    def _record(self) -> dict:
+        """The saved fields (name -> value); dataclass fields minus ``TRANSIENT`` by default."""
+        from dataclasses import fields
+
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name not in self.TRANSIENT}
+
+    @classmethod
+    def _from_record(cls, record: dict):
+        return cls(**record)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Atomically write the result (through :func:`atomic_output`); returns the path."""
+        arrays: dict = {}
+        record = _encode(self, arrays, "")
+        with atomic_output(path, self.KIND, overwrite) as tmp:
+            with h5py.File(tmp, "w") as f:
+                stamp(f, self.KIND, record)
+                f.attrs[FORMAT_ATTR] = self.FORMAT
+                for name, value in arrays.items():
+                    f.create_dataset(name, data=value)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a result saved by :meth:`save`; MoireSTMError naming a wrong kind, format or damage."""
+        record, arrays, attrs = read_h5(path, cls.KIND, nested=True)
+        found = int(attrs.get(FORMAT_ATTR, 0))
+        if found > cls.FORMAT:
+            raise MoireSTMError(f"{path} holds a {cls.KIND} of format {found}, newer than this moirestm "
+                                f"reads (format {cls.FORMAT})")
+        try:
+            return _decode(record, arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MoireSTMError(f"{path}: damaged {cls.KIND} record ({type(exc).__name__}: {exc})") from None
+
+
+def _encode(value, arrays: dict, path: str):
+    if isinstance(value, Result):
+        return {"__result__": value.KIND,
+                "fields": {k: _encode(v, arrays, f"{path}/{k}") for k, v in value._record().items()}}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OUS":
+        return {"__strarray__": value.tolist(), "dtype": value.dtype.str}
+    if isinstance(value, np.ndarray):
+        name = path.strip("/") or "value"
+        arrays[name] = value
+        return {"__array__": name}
+    if isinstance(value, dict):
+        return {"__dict__": [[_jsonable(k), _encode(v, arrays, f"{path}/{i}")] for i, (k, v) in
+                             enumerate(value.items())]}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, arrays, f"{path}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, Path):
+        return {"__path__": str(value)}
+    return _jsonable(value)
+
+
+def _decode(value, arrays: dict):
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__array__" in value:
+        return arrays[value["__array__"]]
+    if "__strarray__" in value:
+        return np.array(value["__strarray__"], dtype=value["dtype"] if value["dtype"][1] != "O" else object)
+    if "__path__" in value:
+        return Path(value["__path__"])
+    if "__dict__" in value:
+        return {(tuple(k) if isinstance(k, list) else k): _decode(v, arrays) for k, v in value["__dict__"]}
+    if "__result__" in value:
+        kind = value["__result__"]
+        if kind not in RESULT_TYPES:
+            raise MoireSTMError(f"unknown result kind {kind!r} in the record")
+        return RESULT_TYPES[kind]._from_record({k: _decode(v, arrays) for k, v in value["fields"].items()})
+    return {k: _decode(v, arrays) for k, v in value.items()}

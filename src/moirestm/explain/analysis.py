@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import MoireSTMError
-from ..io import output_dir, write_json
+from ..io import Result, output_dir, write_json
 from .crossover import Crossover, estimate_crossover
 from .regions import REGION_LABELS, REGIONS, regions_for_sample, sample_lattice
 
@@ -40,7 +40,7 @@ OBSERVABLE_ONLY = {"bias_ev", "broadening_ev"}
 
 
 @dataclass
-class AnalysisResult:
+class AnalysisResult(Result):
     """Everything :func:`analyze` computed (arrays ordered by U, then by group).
 
     Attributes

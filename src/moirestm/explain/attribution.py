@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import MoireSTMError
-from ..io import output_dir, write_json
+from ..io import Result, output_dir, write_json
 from .regions import REGION_LABELS, REGIONS, PeakRegions, regions_for_sample
 
 METHODS = ("gradcam", "guided_backprop", "integrated_gradients")
@@ -44,7 +44,7 @@ DEFAULT_TARGET = "hubbard_u_ev"
 
 
 @dataclass
-class Attribution:
+class Attribution(Result):
     """Attribution maps of one sample.
 
     Attributes
@@ -370,7 +370,7 @@ def plot_shares(attributions: Sequence[Attribution], path: str | Path, u_c: floa
 
 
 @dataclass
-class ExplainResult:
+class ExplainResult(Result):
     """Output of :func:`explain`: attributions, share tables, trend per method and the files written."""
 
     attributions: list

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import MoireSTMError
+from ..io import Result
 
 METHODS = ("derivative", "tanh", "onset")
 #: Fraction of the total change that marks the onset.
@@ -35,7 +36,7 @@ ONSET_FRACTION = 0.1
 
 
 @dataclass
-class Crossover:
+class Crossover(Result):
     """Crossover estimate of one curve.
 
     Attributes

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..constants import GRAPHENE_LATTICE_NM
 from ..errors import MoireSTMError
+from ..io import Result
 
 #: Region names, in priority order for overlapping pixels (the last one is the remainder).
 REGIONS = ("moire", "bragg", "elsewhere")
@@ -116,7 +117,7 @@ def pool_axis(axis: np.ndarray, n: int) -> np.ndarray:
 
 
 @dataclass
-class PeakRegions:
+class PeakRegions(Result):
     """Boolean region masks of an image grid and the peaks that define them.
 
     Attributes

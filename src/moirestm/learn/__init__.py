@@ -19,8 +19,9 @@ from .evaluate import evaluate, regression_metrics
 from .models import MODELS, build_model
 from .predict import Prediction, predict
 from .kernel import KernelBlend, PixelKernelRidge
-from .train import Run, TrainConfig, attach_kernel, train
+from .run import Run, RunInfo
+from .train import TrainConfig, attach_kernel, train
 
-__all__ = ["train", "attach_kernel", "Run", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate",
+__all__ = ["train", "attach_kernel", "Run", "RunInfo", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate",
            "predict", "Prediction", "run_baselines", "make_split", "Split", "Normalizer", "ImageDataset",
            "open_store", "Augmenter", "AugmentConfig", "PRESETS", "build_model", "MODELS", "regression_metrics"]

@@ -8,13 +8,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import MoireSTMError
-from ..io import output_dir, write_json
+from ..io import Result, output_dir, write_json
 from .augment import Augmenter
 from .data import SampleArrays, open_store, store_path, targets_of
-from .predict import predict_parts
+from .run import Run, predict_parts
 
 #: Kind recorded in ``metrics.json``.
 EVALUATION_KIND = "Evaluation"
+
+
+class Evaluation(dict, Result):
+    """The metrics of :func:`evaluate`: a dict (targets, part, n, model, ...) that saves and loads."""
+
+    def _record(self) -> dict:
+        return {"metrics": dict(self)}
+
+    @classmethod
+    def _from_record(cls, record: dict) -> "Evaluation":
+        return cls(record["metrics"])
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -77,10 +88,8 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
 
     Returns
     -------
-    dict : per target: metrics, error per value, uncertainty coverage; plus data description.
+    Evaluation : a dict; per target: metrics, error per value, uncertainty coverage; plus data description.
     """
-    from .train import Run
-
     if not isinstance(run, Run):
         run = Run.load(run)
     if store is None:
@@ -136,7 +145,7 @@ def evaluate(run: Any, store: Any = None, part: str = "test", out: str | Path | 
             result["plots"] = plot_parity(y, mean, sigma, names, out, title=f"{run.name} "
                                           f"({run.split.kind} split, {label})")
         result["out"] = str(out)
-    return result
+    return Evaluation(result)
 
 
 def plot_parity(y: np.ndarray, pred: np.ndarray, sigma: np.ndarray, names: list[str], out: Path,

@@ -96,7 +96,7 @@ def predict_measured(run, path, channel: str | None = None, *, pixel_nm=None, dr
 
     The calibrated FT lands in the simulated window at the run's image size and intensity scale.
     """
-    from .train import Run
+    from .run import Run
 
     if not isinstance(run, Run):
         run = Run.load(run)

@@ -20,61 +20,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import minimize
 
 from ..errors import MoireSTMError
-
-#: Number of dropout masks used for the predictive spread.
-MC_SAMPLES = 32
-
-
-def _enable_dropout(model: torch.nn.Module) -> None:
-    model.eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.train()
-
-
-@torch.no_grad()
-def mc_dropout(model: torch.nn.Module, x: torch.Tensor, n_samples: int = MC_SAMPLES, seed: int = 0,
-               batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Point prediction (dropout off) and MC-dropout std, both in the model's (standardised) units.
-
-    The masks of all ``n_samples`` passes run as one batch per chunk of images.  Results
-    are reproducible (the dropout RNG is seeded with ``seed`` in a forked RNG state).
-    """
-    model.eval()
-    split = callable(getattr(model, "trunk", None)) and isinstance(getattr(model, "head", None), torch.nn.Module)
-    points, stds = [], []
-    per = max(1, batch_size // max(n_samples, 1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(0, len(x), per):
-            chunk = x[i:i + per]
-            model.eval()
-            if split:  # dropout lives in the head: the trunk runs once per image
-                feats = model.trunk(chunk)
-                points.append(model.head(feats).numpy())
-            else:
-                points.append(model(chunk).numpy())
-            if n_samples < 2:
-                stds.append(np.zeros_like(points[-1]))
-                continue
-            _enable_dropout(model)
-            try:
-                if split:
-                    out = model.head(feats.repeat_interleave(n_samples, dim=0))
-                else:
-                    out = model(chunk.repeat_interleave(n_samples, dim=0))
-            finally:
-                model.eval()
-            stds.append(out.reshape(len(chunk), n_samples, -1).std(dim=1).numpy())
-    return np.concatenate(points), np.concatenate(stds)
-
+from .run import MC_SAMPLES, Run, predict_images
+from .run import blend_mean, blend_parts, calibrated_sigma, mc_dropout, predict_parts  # noqa: F401  (re-exported)
+from ..io import Result
 
 def fit_calibration(residual: np.ndarray, sigma_mc: np.ndarray, disagreement: np.ndarray | None = None) -> dict:
     """Fit ``sigma^2 = (a sigma_mc)^2 + b^2`` per target by Gaussian NLL of validation residuals.
@@ -117,20 +72,6 @@ def fit_calibration(residual: np.ndarray, sigma_mc: np.ndarray, disagreement: np
     return cal
 
 
-def calibrated_sigma(sigma_mc: np.ndarray, calibration: dict | None, disagreement: np.ndarray | None = None
-                     ) -> np.ndarray:
-    """Apply a calibration from :func:`fit_calibration` (identity if None)."""
-    if not calibration:
-        return sigma_mc
-    a, b = np.asarray(calibration["a"]), np.asarray(calibration["b"])
-    var = (a * sigma_mc) ** 2 + b ** 2
-    if "c" in calibration:
-        if disagreement is None:
-            raise MoireSTMError("this calibration needs the network-kernel disagreement")
-        var = var + (np.asarray(calibration["c"]) * disagreement) ** 2
-    return np.sqrt(var)
-
-
 # --------------------------------------------------------------------------- inputs
 def load_image(source: Any) -> tuple[np.ndarray, str]:
     """Load an FT-LDOS image from an array, a ``.npy`` file or a PNG/TIFF image.
@@ -170,7 +111,7 @@ def load_image(source: Any) -> tuple[np.ndarray, str]:
 
 
 @dataclass
-class Prediction:
+class Prediction(Result):
     """Predicted targets (physical units) with 1-sigma uncertainties."""
 
     values: dict[str, float]
@@ -192,46 +133,6 @@ class Prediction:
         return f"{self.source}: " + ", ".join(parts) + (f"  ({self.note})" if self.note else "")
 
 
-def predict_images(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Predict raw images: means and calibrated sigmas ``(n, n_targets)`` in physical units.
-
-    A run with a kernel blend (``run.kernel``) returns ``w * network + (1 - w) * kernel``; its
-    sigma also grows with the disagreement of the two.
-    """
-    mean, sigma, _, _ = predict_parts(run, images, mc_samples, seed)
-    return mean, sigma
-
-
-def predict_parts(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-    """Means and calibrated sigmas as :func:`predict_images`, plus the network's and the kernel's own
-    predictions (the kernel's None without a blend)."""
-    network, spread, kernel = blend_parts(run, images, mc_samples, seed)
-    mean, disagreement = blend_mean(run, network, kernel)
-    return mean, calibrated_sigma(spread, run.calibration, disagreement), network, kernel
-
-
-def blend_mean(run, network: np.ndarray, kernel: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``w * network + (1 - w) * kernel`` and the disagreement ``|network - kernel|`` (network and None
-    without a kernel)."""
-    if kernel is None:
-        return network, None
-    w = run.kernel.weight
-    return w * network + (1 - w) * kernel, np.abs(network - kernel)
-
-
-def blend_parts(run, images: Sequence[np.ndarray], mc_samples: int = MC_SAMPLES, seed: int = 0
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """The network's predictions and MC-dropout std, and the kernel's predictions (None without a blend)."""
-    from .data import batch_inputs
-
-    norm = run.normalizer
-    point, sd = mc_dropout(run.model, batch_inputs(norm, images), n_samples=mc_samples, seed=seed)
-    kernel = None if run.kernel is None else run.kernel.kernel_predict(images)
-    return norm.decode_targets(point), sd * norm.target_std, kernel
-
-
 def predict(run, source: Any, key: str | None = None, mc_samples: int = MC_SAMPLES) -> Prediction | list[Prediction]:
     """Predict from a store sample, an array, a ``.npy`` file or a PNG.
 
@@ -242,7 +143,6 @@ def predict(run, source: Any, key: str | None = None, mc_samples: int = MC_SAMPL
     key : store sample key; with a store and no key every ``ok`` sample is predicted (a list).
     """
     from .data import open_store
-    from .train import Run
 
     if not isinstance(run, Run):
         run = Run.load(run)

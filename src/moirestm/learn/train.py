@@ -1,15 +1,14 @@
-"""Training loop, self-describing checkpoints and the :class:`Run` object.
+"""Training: the stages that turn a store into a :class:`~moirestm.learn.run.Run` directory.
 
-A run directory holds ``checkpoint.pt`` (best weights + everything needed to use them:
-model config, normalisation, split, training config, the kernel half of a network + kernel
-blend, calibration, package version), ``last.pt`` (optimiser state and schedule for
-``resume``), ``run.json`` (a readable summary and the training history) and ``split.json``.
+:func:`train` checks the configuration (:func:`check_config`), then :func:`_fit` makes the split
+and normalisation, runs the epochs (``last.pt`` after each, for ``resume``), fits the kernel blend
+(:func:`fit_kernel_blend`) and the calibration (:func:`calibrate`) and saves the run (the layout is
+described in :mod:`moirestm.learn.run`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import shutil
 import time
@@ -24,17 +23,15 @@ from .. import __version__
 from ..errors import MoireSTMError
 from ..io import output_dir, write_json
 from ..parameters import REGISTRY, parameter
-from .augment import Augmenter, get_preset
+from .augment import Augmenter
 from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, check_standardise, make_split,
                    open_store, store_path, targets_of)
 from .kernel import KERNEL_MAX_TRAIN, KernelBlend
 from .models import DEFAULT_INPUT_SIZE, MODELS, build_model, count_parameters
-from .predict import MC_SAMPLES, blend_mean, blend_parts, calibrated_sigma, fit_calibration, mc_dropout
+from .predict import fit_calibration
+from .run import (CHECKPOINT, LAST, MC_SAMPLES, Run, RunInfo, _atomic_save, _load_checkpoint, blend_mean,
+                  blend_parts, calibrated_sigma, load_strict, mc_dropout)
 
-CHECKPOINT_FORMAT = "moirestm-learn-run"
-CHECKPOINT_VERSION = 1
-CHECKPOINT = "checkpoint.pt"
-LAST = "last.pt"
 #: Final learning rate of the cosine schedule, as a fraction of the initial one.
 LR_FLOOR = 0.01
 #: Fraction of the time left that a schedule fitted to ``max_minutes`` plans to use (re-estimated each epoch).
@@ -88,171 +85,6 @@ class TrainConfig:
 
 def _as_inputs(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x if torch.is_tensor(x) else torch.from_numpy(np.asarray(x, dtype=np.float32))
-
-
-class Run:
-    """A trained model with its normalisation, split, calibration and history.
-
-    Use :meth:`load` to open a run directory; :meth:`predict` for raw images.
-    """
-
-    def __init__(self, path: Path | None, model: torch.nn.Module, model_config: dict, normalizer: Normalizer,
-                 split: Split, config: dict, history: list[dict], calibration: dict | None, store: str | None,
-                 version: str, best: dict, kernel: KernelBlend | None = None):
-        self.path = path
-        self.model = model.eval()
-        self.model_config = model_config
-        self.normalizer = normalizer
-        self.split = split
-        self.config = config
-        self.history = history
-        self.calibration = calibration
-        self.store = store
-        self.version = version
-        self.best = best
-        self.kernel = kernel
-
-    def __repr__(self) -> str:
-        return (f"Run(model={self.name!r}, targets={self.normalizer.target_names}, "
-                f"split={self.split.kind!r}, best_epoch={self.best.get('epoch')}, path={str(self.path)!r})")
-
-    @property
-    def targets(self) -> list[str]:
-        return list(self.normalizer.target_names)
-
-    @property
-    def name(self) -> str:
-        """The model's name, ``+kernel`` for a network + kernel blend (e.g. ``cnn+kernel``)."""
-        return self.model_config["name"] + ("+kernel" if self.kernel is not None else "")
-
-    @property
-    def mc_samples(self) -> int:
-        """Dropout masks per prediction (the training config's, by default ``MC_SAMPLES``)."""
-        return self.config.get("mc_samples", MC_SAMPLES)
-
-    def describe_uncertainty(self) -> str:
-        """How the predictive sigma is made."""
-        extra = " and network-kernel disagreement" if self.kernel is not None else ""
-        return f"MC dropout{extra}, validation-recalibrated"
-
-    # ------------------------------------------------------------------ persistence
-    def state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-                "moirestm_version": self.version, "model_config": self.model_config,
-                "state_dict": self.model.state_dict(), "normalizer": self.normalizer.state(),
-                "split": self.split.to_dict(), "config": self.config, "history": self.history,
-                "calibration": self.calibration, "store": self.store, "best": self.best,
-                "kernel": None if self.kernel is None else self.kernel.state()}
-
-    def save(self, path: str | Path | None = None) -> Path:
-        """Write ``checkpoint.pt`` (atomically) into the run directory."""
-        directory = Path(path or self.path)
-        directory.mkdir(parents=True, exist_ok=True)
-        _atomic_save(self.state(), directory / CHECKPOINT)
-        self.path = directory
-        return directory / CHECKPOINT
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Run":
-        """Open a run directory (or its ``checkpoint.pt``), strictly.
-
-        Raises
-        ------
-        MoireSTMError : missing file, not a moirestm checkpoint, unknown format version, or
-            weights that do not match the recorded model config (names or shapes).
-        """
-        path = Path(path)
-        file = path / CHECKPOINT if path.is_dir() else path
-        if not file.is_file():
-            raise MoireSTMError(f"no checkpoint at {file}")
-        state = _load_checkpoint(file)
-        check_run_dir(file, state)
-        return cls.from_state(state, file.parent)
-
-    @classmethod
-    def from_state(cls, state: dict, path: Path | None = None) -> "Run":
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise MoireSTMError(f"{path} does not hold a moirestm learning checkpoint")
-        if state.get("format_version") != CHECKPOINT_VERSION:
-            raise MoireSTMError(f"checkpoint format version {state.get('format_version')} is not supported "
-                                f"(this moirestm reads version {CHECKPOINT_VERSION})")
-        missing = [k for k in ("model_config", "state_dict", "normalizer", "split", "config") if k not in state]
-        if missing:
-            raise MoireSTMError(f"checkpoint {path} lacks {', '.join(missing)}")
-        model = build_model(state["model_config"])
-        load_strict(model, state["state_dict"], where=str(path))
-        return cls(path, model, state["model_config"], Normalizer.from_state(state["normalizer"]),
-                   Split.from_dict(state["split"]), state["config"], state.get("history", []),
-                   state.get("calibration"), state.get("store"), state.get("moirestm_version", "?"),
-                   state.get("best", {}),
-                   None if state.get("kernel") is None else KernelBlend.from_state(state["kernel"]))
-
-    # ------------------------------------------------------------------ inference
-    def predict(self, images: Sequence[np.ndarray], mc_samples: int | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
-        """Means and calibrated 1-sigma ``(n, n_targets)`` in physical units for raw images."""
-        from .predict import predict_images
-
-        return predict_images(self, images, self.mc_samples if mc_samples is None else mc_samples)
-
-
-def _plain(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def check_run_dir(file: Path, state: dict) -> None:
-    """Refuse a checkpoint whose model or training config differs from the ``run.json`` beside it
-    (a checkpoint copied in from another run)."""
-    summary_file = file.parent / "run.json"
-    if not isinstance(state, dict) or not summary_file.is_file():
-        return
-    try:
-        summary = json.loads(summary_file.read_text())
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise MoireSTMError(f"{summary_file} is damaged ({exc})") from None
-    for name, recorded, found in (("model", summary.get("model"), state.get("model_config")),
-                                  ("config", summary.get("config"), state.get("config"))):
-        if recorded is None or found is None:
-            continue
-        recorded, found = _plain(recorded), _plain(found)
-        if recorded != found:
-            keys = sorted(k for k in set(recorded) | set(found) if recorded.get(k) != found.get(k))
-            detail = ", ".join(f"{k} {recorded.get(k)!r} vs {found.get(k)!r}" for k in keys[:4])
-            raise MoireSTMError(f"{file} comes from another model configuration than {summary_file} "
-                                f"({name}: {detail})")
-
-
-def load_strict(model: torch.nn.Module, state_dict: dict, where: str = "checkpoint") -> None:
-    """``load_state_dict(strict=True)`` with a message naming the mismatch."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            parts.append("shape mismatch " + "; ".join(shapes[:3]))
-        raise MoireSTMError(f"{where}: weights do not match the model config: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _load_checkpoint(file: Path) -> dict:
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign/corrupt files
-        raise MoireSTMError(f"{file} is not a readable moirestm checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def _atomic_save(obj: Any, file: Path) -> None:
-    tmp = file.with_name(f".{file.name}.tmp")
-    torch.save(obj, tmp)
-    tmp.replace(file)
 
 
 # --------------------------------------------------------------------------- evaluation helper
@@ -583,12 +415,7 @@ def _checked(image: np.ndarray, shape) -> np.ndarray:
 
 
 def _write_summary(run: Run, out: Path) -> None:
-    summary = {"moirestm_version": run.version, "model": run.model_config, "config": run.config,
-               "store": run.store, "split": {"kind": run.split.kind, "seed": run.split.seed,
-                                              "n_train": len(run.split.train), "n_val": len(run.split.val),
-                                              "n_test": len(run.split.test), "held_out": run.split.held_out},
-               "best": run.best, "calibration": run.calibration, "history": run.history}
-    write_json(out / "run.json", summary, "RunSummary", overwrite=True)
+    write_json(out / "run.json", RunInfo.of(run)._record(), "RunSummary", overwrite=True)
 
 
 def _progress(enabled: bool):
@@ -600,4 +427,4 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
-__all__ = ["Run", "TrainConfig", "train", "attach_kernel", "load_strict", "calibrate", "batch_inputs"]
+__all__ = ["Run", "RunInfo", "TrainConfig", "train", "attach_kernel", "load_strict", "calibrate", "batch_inputs"]

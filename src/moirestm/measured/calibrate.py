@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from ..constants import FT_IMAGE_SIZE, GRAPHENE_LATTICE_NM
 from ..errors import MoireSTMError
+from ..io import Result
 from ..observables.ftldos import k_axes
 from .readers import STMImage
 
@@ -319,7 +320,7 @@ def lawler_fujita(image: np.ndarray, pixel_nm: tuple[float, float], bragg_nm: np
 
 # --------------------------------------------------------------------------- report
 @dataclass
-class CalibrationReport:
+class CalibrationReport(Result):
     """What the calibration measured and did (all plain data; ``to_dict`` for JSON).
 
     Angles in degrees, lengths in nm, wave vectors in nm^-1. ``pixel_scale`` is the true
@@ -366,7 +367,7 @@ class CalibrationReport:
 
 
 @dataclass
-class Calibrated:
+class Calibrated(Result):
     """Result of :func:`calibrate`: the model-ready FT image, its axes, the report, the levelled map."""
 
     image: np.ndarray

@@ -1,0 +1,117 @@
+"""Every stage result saves and loads through the one result base, with kind and format checks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from moirestm.errors import MoireSTMError  # noqa: E402
+from moirestm.io import Result, write_h5  # noqa: E402
+
+
+def same(a, b) -> bool:
+    """Deep equality (arrays element-wise, NaN equal to NaN, results by their records)."""
+    if isinstance(a, Result) and not isinstance(a, dict):
+        return type(a) is type(b) and same(a._record(), b._record())
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=np.asarray(a).dtype.kind == "f")
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def run_and_store(tmp_path_factory):
+    from test_explain import make_store  # the tiny store with peaks at the lattice's positions
+
+    from moirestm.learn import train
+
+    d = tmp_path_factory.mktemp("roundtrip")
+    make_store(d / "data.h5", u_values=np.round(np.arange(0, 5.01, 0.5), 3), size=32)
+    run = train(d / "data.h5", model="mlp", split="random", out=d / "run", progress=False, epochs=1,
+                batch_size=8, kernel=False, min_epochs=0)
+    return run, d / "data.h5"
+
+
+def _roundtrip(result, path: Path):
+    result.save(path)
+    back = type(result).load(path)
+    assert same(result, back)
+    return back
+
+
+def test_crossover(tmp_path):
+    from moirestm.explain.crossover import Crossover
+
+    _roundtrip(Crossover(u_c=2.1, method="tanh", u_c_tanh=2.1, at_edge=True, note="x", fit={"a": [1.0, 2.0]}),
+               tmp_path / "c.h5")
+
+
+def test_analysis_result(run_and_store, tmp_path):
+    from moirestm.explain.analysis import analyze
+
+    res = analyze(run_and_store[1], None, plots=False)
+    back = _roundtrip(res, tmp_path / "a.h5")
+    assert back.summary() == res.summary() or same(back.summary(), res.summary())
+
+
+def test_explain_result(run_and_store, tmp_path):
+    from moirestm.explain.attribution import explain
+
+    run, store = run_and_store
+    res = explain(run, store, samples="test", out=None, methods=("integrated_gradients",), max_samples=2,
+                  n_steps=2, plots=False)
+    back = _roundtrip(res, tmp_path / "e.h5")
+    assert back.attributions[0].regions.masks.keys() == res.attributions[0].regions.masks.keys()
+
+
+def test_prediction_evaluation_and_run_info(run_and_store, tmp_path):
+    from moirestm.learn import evaluate, predict
+    from moirestm.learn.evaluate import Evaluation
+    from moirestm.learn.train import RunInfo
+
+    run, store = run_and_store
+    np.save(tmp_path / "img.npy", np.ones((32, 32), np.float32))
+    _roundtrip(predict(run, tmp_path / "img.npy"), tmp_path / "p.h5")
+    ev = evaluate(run, plots=False)
+    assert isinstance(ev, Evaluation) and "targets" in ev
+    _roundtrip(ev, tmp_path / "ev.h5")
+    _roundtrip(RunInfo.of(run), tmp_path / "run.h5")
+
+
+def test_calibrated(tmp_path):
+    from moirestm.measured import calibrate
+    from moirestm.measured.synthetic import synthetic_stm_map
+
+    img = synthetic_stm_map(1.6, n_px=200, pixel_nm=0.3, top_weight=0.0, bottom_weight=0.0, noise=0.3, seed=5)
+    res = calibrate(img, 0.3, size=64)
+    _roundtrip(res, tmp_path / "cal.h5")
+
+
+def test_load_checks_kind_format_and_damage(tmp_path):
+    from moirestm.explain.crossover import Crossover
+    from moirestm.learn.predict import Prediction
+
+    Crossover(u_c=1.0, method="onset").save(tmp_path / "c.h5")
+    with pytest.raises(MoireSTMError, match="holds a Crossover, expected a Prediction"):
+        Prediction.load(tmp_path / "c.h5")
+    with pytest.raises(MoireSTMError, match="refusing to overwrite .* holds a Crossover"):
+        Prediction({"u": 1.0}, {"u": 0.1}, "x").save(tmp_path / "c.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "c.h5", "a") as f:
+        f.attrs["result_format"] = 99
+    with pytest.raises(MoireSTMError, match="format 99, newer"):
+        Crossover.load(tmp_path / "c.h5")
+    write_h5(tmp_path / "d.h5", "Crossover", {"__result__": "Crossover", "fields": {"bogus": 1}}, {})
+    with pytest.raises(MoireSTMError, match="damaged Crossover"):
+        Crossover.load(tmp_path / "d.h5")
