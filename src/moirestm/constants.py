@@ -90,6 +90,38 @@ SCF_STALL_STEPS = 12
 SCF_MIN_MIXING = 0.05
 #: Initial local moment |n_up - n_down| per site of the symmetry-broken starting states.
 SCF_START_MOMENT = 0.5
+#: Convergence ladder (issue 14). Iterations of each rung before the next one takes over; the whole
+#: solve stops after SCF_MAX_TOTAL_ITERATIONS map evaluations (an explicit ``converged=False`` result).
+SCF_RUNG_ITERATIONS = 150
+#: A rung is abandoned as stalled when its best residual has not fallen by SCF_STALL_FACTOR over the
+#: last SCF_STALL_WINDOW iterations (after at least 2 windows).
+SCF_STALL_WINDOW = 20
+SCF_STALL_FACTOR = 3.0
+SCF_MAX_TOTAL_ITERATIONS = 1500
+#: Mixed precision: float32 diagonalisation while the density residual exceeds this (float32
+#: eigenvectors are accurate to ~1e-6 in the densities), float64 to finish.
+SCF_SINGLE_PRECISION_RESIDUAL = 1e-3
+#: Annealing rung: Fermi temperatures, in units of the target temperature, solved in turn (a smeared
+#: start removes the charge sloshing between near-degenerate levels at E_F; cf. Mermin, Phys. Rev.
+#: 137, A1441 (1965) for the finite-temperature functional the smeared states minimise).
+#: Measured on i = 5, 3 x 3, U = 6 eV, nu = -2 (10 K): 1000 -> 300 -> 100 -> 30 -> 10 K converged in 63
+#: evaluations where Pulay from the cold start, and a 300 -> 60 -> 10 K ladder, stalled at 5e-4.
+SCF_ANNEAL_FACTORS = (100.0, 30.0, 10.0, 3.0, 1.0)
+#: Residual to which each hotter annealing step is converged before cooling.
+SCF_ANNEAL_RESIDUAL = 1e-4
+#: Damped rung: linear-mixing fraction and DIIS history (Kresse & Furthmueller 1996, Sec. 7).
+SCF_DAMPED_MIXING = 0.05
+SCF_DAMPED_HISTORY = 20
+#: Default k grids (issue 14): n x n Monkhorst-Pack grid of the self-consistency and of the
+#: non-self-consistent LDOS (chosen by benchmarks/bench_kgrid.py, table in docs/meanfield.md).
+SCF_KGRID = 3
+LDOS_KGRID = 12
+#: States within this many broadenings of the LDOS energies are computed on the LDOS grid (Gaussian:
+#: exact to 1e-12 of the weight at 8 sigma; Lorentzian: the omitted tails are a smooth background,
+#: below 1 % of the LDOS at E_F in the study of docs/meanfield.md).
+LDOS_WINDOW_BROADENINGS = 40.0
+#: Smallest half width of that window in eV.
+LDOS_MIN_WINDOW_EV = 0.25
 
 # --- STM / LDOS (issue 6) --------------------------------------------------
 #: Work function of graphene in eV (Yu et al., Nano Lett. 9, 3430 (2009): 4.57 eV).

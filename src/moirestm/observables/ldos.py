@@ -2,8 +2,8 @@
 
 LDOS_{i sigma}(E) = sum_k w_k sum_n |psi_{nk sigma}(i)|^2 delta_eta(E - eps_{nk sigma}), E = mu + bias,
 with a normalised Lorentzian (eta = half width) or Gaussian (eta = standard deviation) delta_eta, in
-states per eV per site per spin. The k-points and weights are those of the solution (time-reversal
-reduced Monkhorst-Pack grid; |psi_{-k}|^2 = |psi_k|^2).
+states per eV per site per spin, on the solution's k grid or on a denser one (non-self-consistent),
+reduced by time reversal (|psi_{-k}|^2 = |psi_k|^2) and by C3z where the state keeps it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg as sla
 
-from ..constants import LDOS_BROADENING_EV
+from ..constants import LDOS_BROADENING_EV, LDOS_MIN_WINDOW_EV, LDOS_WINDOW_BROADENINGS
 from ..errors import MoireSTMError, positive_number
 from ..io import read_h5, write_h5
+from ..meanfield.symmetry import kgrid as reduced_kgrid
 
 KIND = "SiteLDOS"
 _KINDS = ("lorentzian", "gaussian")
@@ -46,11 +47,6 @@ class SiteLDOS:
         """(nb, N) spin-summed LDOS."""
         return self.ldos_up + self.ldos_down
 
-    @property
-    def spin_polarisation(self) -> np.ndarray:
-        """(nb, N) LDOS_up - LDOS_down."""
-        return self.ldos_up - self.ldos_down
-
     def save(self, path) -> None:
         write_h5(path, KIND, self.params, {
             "bias_ev": self.bias_ev, "ldos_up": self.ldos_up, "ldos_down": self.ldos_down,
@@ -77,16 +73,51 @@ def delta_kernel(x_ev: np.ndarray, width_ev: float, kind: str) -> np.ndarray:
     return np.exp(-0.5 * (x_ev / width_ev) ** 2) / (np.sqrt(2.0 * np.pi) * width_ev)
 
 
+def ldos_window_ev(energies_ev: np.ndarray, broadening_ev: float) -> tuple[float, float]:
+    """Energy window (lo, hi) in eV whose states enter the LDOS at ``energies_ev`` (see constants)."""
+    half = max(LDOS_WINDOW_BROADENINGS * broadening_ev, LDOS_MIN_WINDOW_EV)
+    return float(np.min(energies_ev) - half), float(np.max(energies_ev) + half)
+
+
+def _lorentzian_tails(solution, energies_ev, eta_ev, lo, hi, degenerate, use_symmetry) -> np.ndarray:
+    """(2, nb, N) Lorentzian LDOS of the states outside (lo, hi), summed on the solution's own k grid.
+
+    Far from the LDOS energies the Lorentzian is smooth in k, so the coarse self-consistency grid
+    samples these tails well; on the solution's own grid the window and the tails add up to the full sum.
+    """
+    potentials = np.stack([solution.potential_up_ev, solution.potential_down_ev])
+    grid = reduced_kgrid(solution.structure, int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1))),
+                         potentials, use_symmetry=use_symmetry and solution.fock is None)
+    out = np.zeros((2, len(energies_ev), solution.n_sites))
+    for k, w in zip(grid.kpoints, grid.kweights):
+        hams = solution.hamiltonians(k)
+        for s in range(1 if degenerate else 2):
+            e, vec = sla.eigh(hams[s], driver="evd", overwrite_a=True, check_finite=False)
+            outside = (e <= lo) | (e > hi)
+            e, vec = e[outside], vec[:, outside]
+            weight = w * delta_kernel(energies_ev[:, None] - e[None, :], eta_ev, "lorentzian")
+            prob = vec.real**2 + vec.imag**2 if np.iscomplexobj(vec) else vec * vec
+            out[s] += weight @ prob.T
+    return grid.symmetrise(out)
+
+
 def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_EV,
-              kind: str = "lorentzian") -> SiteLDOS:
+              kind: str = "lorentzian", kgrid: int | None = None, use_symmetry: bool = True) -> SiteLDOS:
     """Spin-resolved site LDOS of a :class:`~moirestm.meanfield.MeanFieldSolution`.
+
+    The mean-field potential is diagonal in real space, so H_MF(k) = H0(k) + diag(v_sigma) is
+    evaluated non-self-consistently on any k grid once v_sigma has converged (self-consistent then
+    non-self-consistent, as electronic-structure codes do). Only the eigenstates within
+    :func:`ldos_window_ev` of the requested energies are computed (``eigh(subset_by_value=...)``).
 
     Parameters
     ----------
-    solution : mean-field solution (its k-grid, weights and mean-field Hamiltonians are used).
+    solution : mean-field solution (its potentials, chemical potential and structure are used).
     bias_ev : bias energies relative to the Fermi level mu in eV (scalar or sequence).
     broadening_ev : Lorentzian half width / Gaussian standard deviation eta in eV (> 0).
     kind : "lorentzian" or "gaussian".
+    kgrid : n of the n x n Monkhorst-Pack LDOS grid; None uses the solution's own grid.
+    use_symmetry : reduce the grid by C3z when the solution's potentials keep it (no Fock term).
     """
     bias = np.atleast_1d(np.asarray(bias_ev, dtype=float))
     if bias.ndim != 1 or bias.size == 0 or not np.all(np.isfinite(bias)):
@@ -94,22 +125,44 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     eta = positive_number("broadening_ev", broadening_ev)
     if kind not in _KINDS:
         raise MoireSTMError(f"broadening kind must be one of {_KINDS}, got {kind!r}")
+    scf_grid = int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1)))
+    n_grid = scf_grid if kgrid is None else int(kgrid)
+    if isinstance(kgrid, bool) or n_grid != (scf_grid if kgrid is None else kgrid) or n_grid < 1:
+        raise MoireSTMError(f"LDOS k-grid size must be a positive integer, got {kgrid!r}")
+    potentials = np.stack([solution.potential_up_ev, solution.potential_down_ev])
+    grid = reduced_kgrid(solution.structure, n_grid, potentials,
+                         use_symmetry=use_symmetry and solution.fock is None)
+    own_grid = len(grid.kpoints) == len(solution.kpoints) and np.allclose(grid.kpoints, solution.kpoints)
     energies = solution.mu_ev + bias
+    lo, hi = ldos_window_ev(energies, eta)
+    degenerate = solution.fock is None and np.array_equal(potentials[0], potentials[1])
     n = solution.n_sites
     out = np.zeros((2, len(bias), n))
-    for ik, (k, w) in enumerate(zip(solution.kpoints, solution.kweights)):
-        for s, h in enumerate(solution.hamiltonians(k)):
-            e, vec = sla.eigh(h, driver="evd", overwrite_a=True, check_finite=False)
-            stored = (solution.bands_up, solution.bands_down)[s][ik]
-            if not np.allclose(e, stored, atol=1e-6):
-                raise MoireSTMError("the solution's Hamiltonian does not reproduce its stored bands "
-                                    "(damaged or inconsistent solution)")
-            weight = w * delta_kernel(energies[:, None] - e[None, :], eta, kind)  # (nb, n_bands)
+    for ik, (k, w) in enumerate(zip(grid.kpoints, grid.kweights)):
+        hams = solution.hamiltonians(k)
+        for s in range(1 if degenerate else 2):
+            e, vec = sla.eigh(hams[s], subset_by_value=(lo, hi), driver="evr", overwrite_a=True,
+                              check_finite=False)
+            if own_grid:
+                stored = (solution.bands_up, solution.bands_down)[s][ik]
+                stored = stored[(stored > lo + 1e-6) & (stored <= hi - 1e-6)]
+                inside = e[(e > lo + 1e-6) & (e <= hi - 1e-6)]
+                if len(stored) != len(inside) or not np.allclose(inside, stored, atol=1e-6):
+                    raise MoireSTMError("the solution's Hamiltonian does not reproduce its stored bands "
+                                        "(damaged or inconsistent solution)")
+            weight = w * delta_kernel(energies[:, None] - e[None, :], eta, kind)  # (nb, n_states)
             prob = vec.real**2 + vec.imag**2 if np.iscomplexobj(vec) else vec * vec
             out[s] += weight @ prob.T
+    if kind == "lorentzian":  # tails of the states outside the window, on the self-consistency grid
+        out += _lorentzian_tails(solution, energies, eta, lo, hi, degenerate, use_symmetry)
+    if degenerate:
+        out[1] = out[0]
+    out = grid.symmetrise(out)
     params = {
         "broadening_ev": eta, "kind": kind, "mu_ev": float(solution.mu_ev),
-        "energies_ev": energies.tolist(), "meanfield": solution.params,
+        "energies_ev": energies.tolist(), "ldos_kgrid": n_grid, "scf_kgrid": scf_grid,
+        "kpoint_symmetry": grid.symmetry, "n_kpoints": int(len(grid.kpoints)), "window_ev": [lo, hi],
+        "meanfield": solution.params,
     }
     return SiteLDOS(bias, out[0], out[1], np.asarray(solution.positions_nm), np.asarray(solution.layer),
                     np.asarray(solution.superlattice_nm), params)
