@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import MoireSTMError
 from ..io import Result, output_dir, write_json
 from .crossover import Crossover, estimate_crossover
-from .regions import REGION_LABELS, REGIONS, regions_for_sample, sample_lattice
+from .regions import REGIONS, regions_for_sample, sample_lattice
 
 TARGET = "hubbard_u_ev"
 #: Order parameters given a crossover estimate; the first is the headline U_c.
@@ -303,108 +303,20 @@ def _pca(images: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]
 
 # --------------------------------------------------------------------------- figures
 def plot_analysis(res: AnalysisResult, sel: np.ndarray, out: Path) -> dict:
-    """Write the analysis figures (``sel``: samples in the similarity matrix / PCA); returns ``{name: path}``."""
-    import matplotlib
+    """Write the analysis figures (:mod:`moirestm.plot.explain`; ``sel``: samples in the similarity
+    matrix / PCA) into ``out``; returns ``{name: path}``."""
+    from ..plot import explain as draw, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs = {}
-    u_sel = res.u[sel]
-    # similarity
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4))
-    n = len(u_sel)
-    ext = (-0.5, n - 0.5, n - 0.5, -0.5)
-    for ax, mat, title in ((axes[0], res.similarity, "cosine similarity (raw images)"),
-                           (axes[1], None, "histogram of off-diagonal similarity")):
-        if mat is not None:
-            im = ax.imshow(mat, cmap="viridis", extent=ext)
-            fig.colorbar(im, ax=ax, fraction=0.046)
-            groups = [res.groups[i] for i in sel]
-            for b in [i for i in range(1, n) if groups[i] != groups[i - 1]]:
-                ax.axhline(b - 0.5, color="w", lw=0.6)
-                ax.axvline(b - 0.5, color="w", lw=0.6)
-            ticks = np.unique(np.linspace(0, n - 1, min(n, 7)).astype(int))
-            ax.set_xticks(ticks, [f"{u_sel[t]:.1f}" for t in ticks], fontsize=7)
-            ax.set_yticks(ticks, [f"{u_sel[t]:.1f}" for t in ticks], fontsize=7)
-            ax.set_xlabel("U (eV); blocks: " + (", ".join(res.group_by) or "all") + ", U within a block")
-        else:
-            off = res.similarity[~np.eye(n, dtype=bool)]
-            ax.hist(off, bins=40, color="tab:blue")
-            ax.set_xlabel("cosine similarity")
-            ax.set_ylabel("pairs")
-        ax.set_title(title, fontsize=9)
-    s = res.similarity_stats
-    fig.suptitle(f"min {s['min']:.5f}, mean {s['mean']:.5f} (n = {n})", fontsize=9)
-    fig.tight_layout()
-    figs["similarity"] = _save(fig, out / "similarity.png", plt)
-
-    # PCA
-    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
-    c = res.pca_coords
-    pc2 = c[:, 1] if c.shape[1] > 1 else np.zeros(len(c))
-    sc = axes[0].scatter(c[:, 0], pc2, c=u_sel, cmap="plasma", s=14)
-    fig.colorbar(sc, ax=axes[0], label="U (eV)")
-    ev = res.pca_explained
-    axes[0].set_xlabel(f"PC1 ({100 * ev[0]:.1f} %)")
-    axes[0].set_ylabel(f"PC2 ({100 * ev[1]:.1f} %)" if len(ev) > 1 else "PC2")
-    axes[1].scatter(u_sel, c[:, 0], s=10, c="tab:purple")
-    axes[1].set_xlabel("U (eV)")
-    axes[1].set_ylabel("PC1")
-    axes[1].set_title("|Spearman ρ(PC, U)|: " + ", ".join(f"{r:.2f}" for r in res.pca_u_spearman[:3]), fontsize=8)
-    fig.tight_layout()
-    figs["pca"] = _save(fig, out / "pca.png", plt)
-
-    # peak intensities
+    panels = [("similarity", lambda: draw.similarity(res, sel)), ("pca", lambda: draw.pca(res, sel))]
     if any(np.isfinite(v).any() for v in res.intensities.values()):
-        fig, axes = plt.subplots(1, len(REGIONS), figsize=(4 * len(REGIONS), 3.3), squeeze=False)
-        for ax, region in zip(axes[0], REGIONS):
-            _curves(ax, res.u, res.intensities[region], res.groups)
-            ax.set_title(REGION_LABELS[region], fontsize=9)
-            ax.set_xlabel("U (eV)")
-            ax.set_ylabel("mean FT-LDOS in region")
-        axes[0, 0].legend(fontsize=6)
-        fig.tight_layout()
-        figs["intensities"] = _save(fig, out / "intensities.png", plt)
-
-    # order parameters
+        panels.append(("intensities", lambda: draw.intensities(res)))
     if res.order_parameters:
-        names = [n for n in CROSSOVER_PARAMETERS + ("charge_rms",) if n in res.order_parameters]
-        fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.3), squeeze=False)
-        op_groups = [n for n in res.group_by if n not in OBSERVABLE_ONLY]
-        labels = [lab for lab in res.groups]
-        if len(op_groups) != len(res.group_by):
-            labels = [", ".join(p for p in lab.split(", ") if p.split("=")[0] in op_groups) or "all"
-                      for lab in res.groups]
-        for ax, name in zip(axes[0], names):
-            _curves(ax, res.u, res.order_parameters[name], labels)
-            for g, d in res.crossovers.items():
-                cx = d.get(name)
-                if cx is not None and math.isfinite(cx.u_c):
-                    ax.axvline(cx.u_c, color="k", lw=0.6, ls=":")
-            if name == res.u_c_parameter and math.isfinite(res.u_c):
-                ax.axvline(res.u_c, color="k", lw=1.2, ls="--", label=f"$U_c$ = {res.u_c:.2f} eV")
-            ax.set_title(name.replace("_", " "), fontsize=9)
-            ax.set_xlabel("U (eV)")
-        axes[0, 0].set_ylabel("μ_B per site")
-        axes[0, 0].legend(fontsize=6)
-        fig.tight_layout()
-        figs["order_parameters"] = _save(fig, out / "order_parameters.png", plt)
+        panels.append(("order_parameters", lambda: draw.order_parameters(res)))
+    figs = {}
+    for name, make in panels:
+        axes = np.asarray(make())
+        figs[name] = Path(save_figure(axes.flat[0].figure, out / f"{name}.png", overwrite=True, dpi=100))
     return figs
-
-
-def _curves(ax, u: np.ndarray, y: np.ndarray, labels: list[str]) -> None:
-    for g in sorted(set(labels)):
-        idx = np.array([lab == g for lab in labels])
-        uu = np.unique(u[idx])
-        mean = [np.nanmean(y[idx][u[idx] == v]) for v in uu]
-        ax.plot(uu, mean, ".-", ms=3, lw=1, label=g)
-
-
-def _save(fig, path: Path, plt) -> Path:
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 __all__ = ["AnalysisResult", "analyze", "similarity_matrix", "similarity_stats", "sample_order_parameters",

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import MoireSTMError
 from ..io import Result, output_dir, write_json
-from .regions import REGION_LABELS, REGIONS, PeakRegions, regions_for_sample
+from .regions import REGIONS, PeakRegions, regions_for_sample
 
 METHODS = ("gradcam", "guided_backprop", "integrated_gradients")
 METHOD_LABELS = {"gradcam": "Grad-CAM", "guided_backprop": "guided backprop",
@@ -292,81 +292,24 @@ def share_trend(attributions: Sequence[Attribution], method: str) -> dict:
 
 
 # --------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_overlays(attributions: Sequence[Attribution], path: str | Path, methods: Sequence[str] | None = None,
                   max_rows: int = 6) -> Path:
-    """Grid figure: per sample the FT image and each attribution map over it, with the peak positions."""
-    plt = _plt()
-    atts = list(attributions)[:max_rows]
-    if not atts:
-        raise MoireSTMError("no attributions to plot")
-    methods = [m for m in (methods or METHODS) if m in atts[0].maps]
-    ncol = 1 + len(methods)
-    fig, axes = plt.subplots(len(atts), ncol, figsize=(2.7 * ncol, 2.6 * len(atts)), squeeze=False)
-    for r, a in enumerate(atts):
-        reg = a.regions
-        ext = (reg.kx_nm[0], reg.kx_nm[-1], reg.ky_nm[0], reg.ky_nm[-1])
-        for c in range(ncol):
-            ax = axes[r, c]
-            ax.imshow(a.image, origin="lower", extent=ext, cmap="gray", aspect="auto")
-            if c == 0:
-                ax.set_title(f"U = {a.u_true:.2f} eV (pred {a.u_pred:.2f})", fontsize=8)
-            else:
-                name = methods[c - 1]
-                m = np.abs(a.maps[name])
-                m = m / m.max() if m.max() > 0 else m
-                ax.imshow(m, origin="lower", extent=ext, cmap="magma", alpha=0.65, aspect="auto", vmin=0, vmax=1)
-                sh = a.shares[name]
-                ax.set_title(f"{METHOD_LABELS[name]}\nmoiré {sh['moire']:.2f} Bragg {sh['bragg']:.2f}", fontsize=7)
-            for kind, colour in (("moire", "cyan"), ("bragg", "lime"), ("satellite", "yellow")):
-                p = reg.peaks[kind]
-                ax.scatter(p[:, 0], p[:, 1], s=14 if kind != "satellite" else 5, facecolors="none",
-                           edgecolors=colour, linewidths=0.6)
-            ax.set_xlim(ext[0], ext[1])
-            ax.set_ylim(ext[2], ext[3])
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """Save :func:`moirestm.plot.explain.overlays` to ``path``."""
+    from ..plot import save_figure
+    from ..plot.explain import overlays
+
+    axes = overlays(attributions, methods, max_rows)
+    return Path(save_figure(axes[0, 0].figure, path, overwrite=True, dpi=100))
 
 
 def plot_shares(attributions: Sequence[Attribution], path: str | Path, u_c: float | None = None,
                 methods: Sequence[str] | None = None) -> Path:
-    """Region shares vs U (mean ± std over samples), one panel per method; U_c marked if given."""
-    plt = _plt()
-    present = [m for m in (methods or METHODS) if any(m in a.shares for a in attributions)]
-    if not present:
-        raise MoireSTMError("no attributions to plot")
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.3), squeeze=False)
-    for ax, method in zip(axes[0], present):
-        t = shares_by_value(attributions, method)
-        for region, colour in zip(REGIONS, ("tab:cyan", "tab:green", "tab:gray")):
-            mean, std = np.array(t[region]["mean"]), np.array(t[region]["std"])
-            ax.plot(t["u"], mean, "o-", ms=3, color=colour, label=REGION_LABELS[region])
-            ax.fill_between(t["u"], mean - std, mean + std, color=colour, alpha=0.2)
-        if u_c is not None and np.isfinite(u_c):
-            ax.axvline(u_c, color="k", ls="--", lw=1, label=f"$U_c$ = {u_c:.2f} eV")
-        ax.set_xlabel("U (eV)")
-        ax.set_ylabel("share of |attribution|")
-        ax.set_ylim(0, 1)
-        ax.set_title(METHOD_LABELS[method], fontsize=9)
-    axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """Save :func:`moirestm.plot.explain.shares` to ``path``."""
+    from ..plot import save_figure
+    from ..plot.explain import shares
+
+    axes = shares(attributions, u_c, methods)
+    return Path(save_figure(axes[0, 0].figure, path, overwrite=True, dpi=100))
 
 
 @dataclass

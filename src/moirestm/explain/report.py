@@ -63,28 +63,12 @@ def _figure(path: str | Path | None, caption: str) -> str:
 
 
 def plot_history(history: list[dict], path: Path) -> Path | None:
-    """Training loss and validation MAE per epoch."""
+    """Save :func:`moirestm.plot.history` (training loss and validation MAE per epoch) to ``path``."""
     if not history:
         return None
-    import matplotlib
+    from ..plot import history as draw, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    axes[0].plot(ep, [h["train_loss"] for h in history], "o-", ms=3)
-    axes[0].set_ylabel("training loss (standardised MSE)")
-    axes[0].set_yscale("log")
-    mae = np.array([h["val_mae"] for h in history], float).reshape(len(history), -1)
-    axes[1].plot(ep, mae, "o-", ms=3)
-    axes[1].set_ylabel("validation MAE")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return Path(save_figure(draw(history)[0].figure, path, overwrite=True, dpi=100))
 
 
 def _dataset_section(st, analysis) -> str:

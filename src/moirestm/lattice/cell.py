@@ -11,11 +11,6 @@ class HexagonalCell:
     superlattice_nm: np.ndarray
 
     @property
-    def cell_area_nm2(self) -> float:
-        """Area of the cell in nm^2."""
-        return float(abs(np.linalg.det(self.superlattice_nm)))
-
-    @property
     def reciprocal_nm(self) -> np.ndarray:
         """(2, 2) rows are the reciprocal vectors G1, G2 in nm^-1 (G_i . L_j = 2 pi delta_ij)."""
         return 2.0 * np.pi * np.linalg.inv(self.superlattice_nm).T

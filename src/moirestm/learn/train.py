@@ -83,10 +83,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def _as_inputs(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return x if torch.is_tensor(x) else torch.from_numpy(np.asarray(x, dtype=np.float32))
-
-
 # --------------------------------------------------------------------------- evaluation helper
 @torch.no_grad()
 def predict_standardised(model: torch.nn.Module, dataset: ImageDataset, batch_size: int = 64,

@@ -73,15 +73,10 @@ class FTImage:
         return cls(arrays["image"].astype(np.float32), arrays["kx_nm"], arrays["ky_nm"], params)
 
     def plot(self, ax=None, cmap: str = "inferno"):
-        """Show the image with k axes in nm^-1 (colour map for viewing only)."""
-        import matplotlib.pyplot as plt
+        """Show the image with k axes in nm^-1 (:func:`moirestm.plot.ft_image`; colours for viewing only)."""
+        from ..plot import ft_image
 
-        ax = ax or plt.gca()
-        extent = (self.kx_nm[0], self.kx_nm[-1], self.ky_nm[0], self.ky_nm[-1])
-        ax.imshow(self.image, origin="lower", extent=extent, cmap=cmap, aspect="equal")
-        ax.set_xlabel("$k_x$ (nm$^{-1}$)")
-        ax.set_ylabel("$k_y$ (nm$^{-1}$)")
-        return ax
+        return ft_image(self, ax, cmap=cmap)
 
 
 # --------------------------------------------------------------------------- options

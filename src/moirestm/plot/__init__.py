@@ -16,12 +16,12 @@ from .. import __version__
 from ..io import FIGURE, atomic_output
 
 
-def figure(ncols: int = 1, nrows: int = 1, figsize=(4.5, 4.5), dpi: int = 120):
-    """A new figure (no pyplot state, Agg canvas) and its axes."""
+def figure(ncols: int = 1, nrows: int = 1, figsize=(4.5, 4.5), dpi: int = 120, squeeze: bool = True):
+    """A new figure (no pyplot state, Agg canvas) and its axes (``squeeze=False``: a 2-D array)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize, dpi=dpi)
-    axes = fig.subplots(nrows, ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=squeeze)
     return fig, axes
 
 
@@ -88,6 +88,16 @@ def stm_map(result, ax=None, title: str | None = None, cmap: str = "inferno"):
     ax.set_title(title or f"STM map, bias {1e3 * p.get('bias_ev', float('nan')):.0f} meV, "
                           f"U = {p.get('hubbard_u_ev', float('nan')):g} eV", fontsize=9)
     ax.figure.tight_layout()
+    return ax
+
+
+def ft_image(result, ax=None, cmap: str = "inferno"):
+    """An ``FTImage`` with k axes in nm^-1 (colour map for viewing only)."""
+    ax = _axes(ax, figsize=(4.6, 4.2))
+    extent = (result.kx_nm[0], result.kx_nm[-1], result.ky_nm[0], result.ky_nm[-1])
+    ax.imshow(result.image, origin="lower", extent=extent, cmap=cmap, aspect="equal")
+    ax.set_xlabel("$k_x$ (nm$^{-1}$)")
+    ax.set_ylabel("$k_y$ (nm$^{-1}$)")
     return ax
 
 
@@ -194,4 +204,4 @@ def save(draw, result, path, overwrite: bool = False, dpi: int | None = None, **
     return save_figure(ax.figure, path, overwrite=overwrite, dpi=dpi)
 
 
-__all__ = ["bands", "dos", "figure", "ft_comparison", "history", "parity", "residuals", "save", "save_figure", "stm_map", "u_sweep"]
+__all__ = ["bands", "dos", "figure", "ft_comparison", "ft_image", "history", "parity", "residuals", "save", "save_figure", "stm_map", "u_sweep"]
