@@ -221,7 +221,7 @@ def test_run_resume_and_failed_samples(tmp_path, engine_dir):
     p = store.params(key)
     np.testing.assert_allclose(store.image(key)[0, 0], p["hubbard_u_ev"] + p["bias_ev"], rtol=1e-6)
     assert set(p) >= {"hubbard_u_ev", "filling", "bias_ev", "index", "distance_nm", "dielectric",
-                      "kgrid", "temperature_k", "broadening_ev", "ft"}
+                      "scf_kgrid", "ldos_kgrid", "temperature_k", "broadening_ev", "ft"}
     second = run_sweep(spec, out, scheduler="synchronous", progress=False)  # retries only failures
     assert (second.skipped, second.written_ok, second.written_failed) == (18, 0, 2)
     third = run_sweep(spec, out, scheduler="synchronous", progress=False, retry_failed=False)

@@ -17,6 +17,12 @@ import numpy as np
 
 from ..errors import MoireSTMError
 
+#: A fresh start is solved beside the warm start at every this many U values of a chain (the first
+#: value of a chain is always a fresh start).
+BRANCH_CHECK_EVERY = 10
+#: Free-energy margin (eV per cell) by which a fresh-start branch must be lower to replace the warm one.
+BRANCH_TOL_EV = 1e-6
+
 
 def resolve_engine(name: str):
     """Callable computing a task for engine ``name``."""
@@ -53,11 +59,24 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def _branch(start: str, solution) -> dict:
+    """Plain-data record of one solve of a sample (for comparing branches)."""
+    moment = 0.5 * (np.asarray(solution.n_up) - np.asarray(solution.n_down))
+    return {"start": start, "free_energy_ev": float(solution.free_energy_ev), "converged": bool(solution.converged),
+            "iterations": int(solution.iterations), "mean_abs_moment": float(np.mean(np.abs(moment)))}
+
+
 def meanfield_engine(task: dict) -> list[dict]:
-    """Solve the chain's U values in order (warm starts) and evaluate every bias/broadening."""
+    """Solve the chain's U values in order and evaluate every bias/broadening on the LDOS grid.
+
+    Warm starts are extrapolated from the two previous converged solutions of the chain; every
+    ``[solver] branch_check_every`` U values (default ``BRANCH_CHECK_EVERY``; 0 = never) a fresh start is
+    solved too and the lower free energy kept (both recorded in ``results["branches"]``).
+    """
     from ..hamiltonian import TightBinding
     from ..lattice import TBGLattice
     from ..meanfield import Interaction, solve
+    from ..meanfield.scf import extrapolated_start
     from ..observables import site_ldos, stm_map
     from ..observables.ftldos import ft_ldos
 
@@ -78,43 +97,65 @@ def meanfield_engine(task: dict) -> list[dict]:
         return [_failed(s, f"[ft] source must be 'site_ldos' or 'stm_map', got {ft_source!r}")
                 for s in task["samples"]]
     records = []
-    previous = None
+    chain: list = []  # converged solutions of this chain, in order (warm starts and extrapolation)
     fresh_start = base.get("start", "afm")
-    for u in task["u_values"]:
+    solver = dict(task["solver"])
+    check_every = int(solver.pop("branch_check_every", BRANCH_CHECK_EVERY))
+    scf_kgrid = int(base.get("scf_kgrid", base.get("kgrid", 1)))
+    ldos_kgrid = int(base.get("ldos_kgrid", scf_kgrid))
+    for position, u in enumerate(task["u_values"]):
         samples = by_u.get(u, [])
         t0 = time.perf_counter()
         try:
             interaction = Interaction(hubbard_u_ev=u, dielectric=base["dielectric"], **task["interaction"])
-            start = previous if (previous is not None and task["continuation"] != "none") else fresh_start
             filling = base.get("filling") if "mu_ev" not in base else None
-            solution = solve(tb, interaction, filling=filling, mu_ev=base.get("mu_ev"),
-                             kgrid=base["kgrid"], temperature_k=base["temperature_k"], start=start,
-                             seed=base.get("seed", 0), **task["solver"])
+            warm = bool(chain) and task["continuation"] != "none"
+            start = extrapolated_start(chain[-2:], u) if warm else fresh_start
+            kwargs = dict(filling=filling, mu_ev=base.get("mu_ev"), kgrid=scf_kgrid,
+                          temperature_k=base["temperature_k"], seed=base.get("seed", 0), **solver)
+            solution = solve(tb, interaction, start=start, **kwargs)
+            branches = [_branch("warm" if warm else str(fresh_start), solution)]
+            # a fresh start every check_every U values: U chains must not follow a metastable branch silently
+            if warm and check_every > 0 and position % check_every == 0:
+                other = solve(tb, interaction, start=fresh_start, **kwargs)
+                branches.append(_branch(str(fresh_start), other))
+                if other.converged and (not solution.converged
+                                        or other.free_energy_ev < solution.free_energy_ev - BRANCH_TOL_EV):
+                    solution = other
         except Exception as exc:  # noqa: BLE001
             text = _error_text(exc)
             records += [_failed(s, text) for s in samples]
             continue  # the next U warm-starts from the last converged solution
         solve_s = time.perf_counter() - t0
         moment = 0.5 * (np.asarray(solution.n_up) - np.asarray(solution.n_down))
+        chosen = next(b["start"] for b in branches if b["free_energy_ev"] == solution.free_energy_ev)
         results = {"mu_ev": float(solution.mu_ev), "free_energy_ev": float(solution.free_energy_ev),
                    "converged": bool(solution.converged), "iterations": int(solution.iterations),
-                   "solve_wall_time_s": float(solve_s),
-                   "warm_start": bool(previous is not None and not isinstance(start, str)),
+                   "solve_wall_time_s": float(solve_s), "warm_start": warm,
+                   "scf_kgrid": scf_kgrid, "ldos_kgrid": ldos_kgrid,
+                   "kpoint_symmetry": solution.params.get("kpoint_symmetry", "TR"),
+                   "ladder": [r["rung"] for r in solution.params.get("ladder", [])],
+                   "branches": branches, "branch": chosen,
+                   "branch_switch": bool(warm and chosen != "warm"),
                    "max_abs_moment": float(np.max(np.abs(moment))),
                    "mean_abs_moment": float(np.mean(np.abs(moment)))}
         if not solution.converged:
             text = (f"mean field did not converge in {solution.iterations} iterations "
-                    f"(last residual {float(np.ravel(solution.residuals)[-1]) if np.size(solution.residuals) else float('nan'):.3g})")
+                    f"(last residual {float(np.ravel(solution.residuals)[-1]) if np.size(solution.residuals) else float('nan'):.3g}; "
+                    f"rungs: {', '.join(results['ladder'])})")
             records += [_failed(s, text, results) for s in samples]
             continue  # keep following the branch of the last converged solution
-        previous = solution
+        if results["branch_switch"]:
+            chain.clear()  # do not extrapolate across a change of branch
+        chain.append(solution)
         for broadening in task["broadening_ev"]:
             group = [s for s in samples if s["params"]["broadening_ev"] == broadening]
             if not group:
                 continue
             try:
                 t1 = time.perf_counter()
-                sldos = site_ldos(solution, bias_ev=task["bias_ev"], broadening_ev=broadening)
+                sldos = site_ldos(solution, bias_ev=task["bias_ev"], broadening_ev=broadening,
+                                  ldos_kgrid=ldos_kgrid)
                 ldos_s = time.perf_counter() - t1
             except Exception as exc:  # noqa: BLE001
                 text = _error_text(exc)

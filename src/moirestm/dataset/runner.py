@@ -70,7 +70,7 @@ def _task_cost(task: dict) -> float:
         n = atom_count(task["base"]["index"])
     except MoireSTMError:
         n = 1
-    return n ** 2 * len(task["u_values"]) * task["base"].get("kgrid", 1) ** 2
+    return n ** 2 * len(task["u_values"]) * task["base"].get("scf_kgrid", task["base"].get("kgrid", 1)) ** 2
 
 
 def run_sweep(sweep: Sweep | str, out, scheduler: str | None = None, workers: int | None = None,

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..constants import (DIELECTRIC_CONSTANT, FT_IMAGE_SIZE, INTERLAYER_DISTANCE_NM,
-                         REFERENCE_INDEX, TEMPERATURE_K)
+from ..constants import (DIELECTRIC_CONSTANT, FT_IMAGE_SIZE, INTERLAYER_DISTANCE_NM, LDOS_KGRID,
+                         REFERENCE_INDEX, SCF_KGRID, TEMPERATURE_K)
 from ..errors import MoireSTMError
 from .store import sample_key
 
@@ -56,11 +56,12 @@ AXES = {
     "index": REFERENCE_INDEX,
     "distance_nm": INTERLAYER_DISTANCE_NM,
     "dielectric": DIELECTRIC_CONSTANT,
-    "kgrid": 1,
+    "scf_kgrid": SCF_KGRID,
+    "ldos_kgrid": LDOS_KGRID,
     "temperature_k": TEMPERATURE_K,
     "broadening_ev": 0.01,
 }
-INTEGER_AXES = ("index", "kgrid")
+INTEGER_AXES = ("index", "scf_kgrid", "ldos_kgrid")
 #: Extra scalars accepted in [fixed].
 FIXED_EXTRAS = {"start": "afm", "seed": 0}
 CONTINUATIONS = ("descending", "ascending", "none")
@@ -80,7 +81,7 @@ BUILTIN = {
                        "so U matters from ~2 eV), U = 0..6 eV in 0.1 eV steps at four fillings; "
                        "laptop-sized run of the whole pipeline (make demo).",
         "continuation": "descending",
-        "fixed": {"index": 5, "distance_nm": "magic", "kgrid": 1, "bias_ev": 0.0,
+        "fixed": {"index": 5, "distance_nm": "magic", "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "bias_ev": 0.0,
                   "broadening_ev": 0.02, "temperature_k": TEMPERATURE_K,
                   "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.1},
@@ -93,7 +94,8 @@ BUILTIN = {
         "description": "i = 9 flat-band case (3.48 deg, 1084 atoms) at its magic interlayer distance; "
                        "U = 0..6 eV in 0.1 eV steps, several fillings and bias energies.",
         "continuation": "descending",
-        "fixed": {"index": 9, "distance_nm": "magic", "kgrid": 1, "broadening_ev": 0.005,
+        "fixed": {"index": 9, "distance_nm": "magic", "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID,
+                  "broadening_ev": 0.005,
                   "temperature_k": TEMPERATURE_K, "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.1},
                  "filling": [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0],
@@ -194,6 +196,13 @@ class Sweep:
             raise MoireSTMError(f"unknown sweep entr{'y' if len(unknown) == 1 else 'ies'} "
                                 f"{sorted(unknown)}; known: {sorted(TOP_LEVEL)}")
         fixed, axes = dict(spec.get("fixed", {})), dict(spec.get("axes", {}))
+        for table in (fixed, axes):  # legacy spelling: one grid for the self-consistency and the LDOS
+            if "kgrid" in table:
+                table["scf_kgrid"] = table.pop("kgrid")
+                if "ldos_kgrid" not in fixed and "ldos_kgrid" not in axes:
+                    if len(_axis_values("scf_kgrid", table["scf_kgrid"])) > 1:
+                        raise MoireSTMError("a legacy kgrid axis needs ldos_kgrid given explicitly")
+                    fixed["ldos_kgrid"] = table["scf_kgrid"]
         for table, names, allowed in (("axes", axes, set(AXES)),
                                       ("fixed", fixed, set(AXES) | set(FIXED_EXTRAS))):
             bad = set(names) - allowed

@@ -10,7 +10,8 @@ Contract (docs/architecture.md)::
 
 from .interaction import Interaction, coulomb_matrix, default_alpha_per_nm
 from .orders import order_parameters
-from .scf import STARTS, Pulay, Setup, USweep, fermi, initial_densities, prepare, solve, solve_mu, sweep_u
+from .scf import (STARTS, Pulay, Setup, USweep, extrapolated_start, fermi, initial_densities, prepare, solve,
+                  solve_mu, sweep_u)
 from .solution import MeanFieldSolution
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Setup",
     "USweep",
     "coulomb_matrix",
+    "extrapolated_start",
     "default_alpha_per_nm",
     "fermi",
     "initial_densities",

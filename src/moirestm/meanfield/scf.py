@@ -709,6 +709,30 @@ class USweep:
         return float(np.mean(its)) if its else float("nan")
 
 
+def extrapolated_start(previous, u_ev: float):
+    """Warm start at ``u_ev`` from the last converged solutions of a U chain.
+
+    With two solutions the spin densities are extrapolated linearly in U (clipped to [0, 1]; the
+    solver restores the electron count); with one it is returned as is. Steps beyond twice the last
+    U spacing are not extrapolated.
+    """
+    from dataclasses import replace
+
+    previous = list(previous)
+    if not previous:
+        raise MoireSTMError("extrapolated_start needs at least one previous solution")
+    last = previous[-1]
+    if len(previous) < 2:
+        return last
+    before = previous[-2]
+    step = last.hubbard_u_ev - before.hubbard_u_ev
+    t = (float(u_ev) - last.hubbard_u_ev) / step if step else np.inf
+    if not np.isfinite(t) or abs(t) > 2.0:
+        return last
+    return replace(last, n_up=np.clip(last.n_up + t * (last.n_up - before.n_up), 0.0, 1.0),
+                   n_down=np.clip(last.n_down + t * (last.n_down - before.n_down), 0.0, 1.0))
+
+
 def _unit_pattern(structure, start, seed: int) -> np.ndarray:
     """Moment pattern (N,) of a starting state, scaled to max |m_i| = 1 (zeros for "pm")."""
     if isinstance(start, MeanFieldSolution):
@@ -773,14 +797,16 @@ def sweep_u(tb, interaction: Interaction, u_values_ev, directions=("up", "down")
             continue
         order = range(len(u)) if direction == "up" else range(len(u) - 1, -1, -1)
         results = [None] * len(u)
+        chain = [previous] if isinstance(previous, MeanFieldSolution) else []
         for idx in order:
-            first = previous if not isinstance(previous, MeanFieldSolution) else _kicked(previous, pattern,
-                                                                                         reseed_below)
+            first = _kicked(extrapolated_start(chain[-2:], u[idx]), pattern, reseed_below) if chain else previous
             sol = solve(tb, replace(interaction, hubbard_u_ev=float(u[idx])), start=first, setup=setup,
                         **solve_kwargs)
             sol.params["sweep_pass"] = direction
             results[idx] = sol
             previous = sol
+            if sol.converged:
+                chain.append(sol)
             done += 1
             if progress is not None:
                 progress(done, total, sol)

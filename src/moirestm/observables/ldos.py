@@ -102,7 +102,7 @@ def _lorentzian_tails(solution, energies_ev, eta_ev, lo, hi, degenerate, use_sym
 
 
 def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_EV,
-              kind: str = "lorentzian", kgrid: int | None = None, use_symmetry: bool = True) -> SiteLDOS:
+              kind: str = "lorentzian", ldos_kgrid: int | None = None, use_symmetry: bool = True) -> SiteLDOS:
     """Spin-resolved site LDOS of a :class:`~moirestm.meanfield.MeanFieldSolution`.
 
     The mean-field potential is diagonal in real space, so H_MF(k) = H0(k) + diag(v_sigma) is
@@ -116,7 +116,7 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     bias_ev : bias energies relative to the Fermi level mu in eV (scalar or sequence).
     broadening_ev : Lorentzian half width / Gaussian standard deviation eta in eV (> 0).
     kind : "lorentzian" or "gaussian".
-    kgrid : n of the n x n Monkhorst-Pack LDOS grid; None uses the solution's own grid.
+    ldos_kgrid : n of the n x n Monkhorst-Pack LDOS grid; None uses the solution's own grid.
     use_symmetry : reduce the grid by C3z when the solution's potentials keep it (no Fock term).
     """
     bias = np.atleast_1d(np.asarray(bias_ev, dtype=float))
@@ -126,9 +126,9 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     if kind not in _KINDS:
         raise MoireSTMError(f"broadening kind must be one of {_KINDS}, got {kind!r}")
     scf_grid = int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1)))
-    n_grid = scf_grid if kgrid is None else int(kgrid)
-    if isinstance(kgrid, bool) or n_grid != (scf_grid if kgrid is None else kgrid) or n_grid < 1:
-        raise MoireSTMError(f"LDOS k-grid size must be a positive integer, got {kgrid!r}")
+    n_grid = scf_grid if ldos_kgrid is None else int(ldos_kgrid)
+    if isinstance(ldos_kgrid, bool) or n_grid != (scf_grid if ldos_kgrid is None else ldos_kgrid) or n_grid < 1:
+        raise MoireSTMError(f"LDOS k-grid size must be a positive integer, got {ldos_kgrid!r}")
     potentials = np.stack([solution.potential_up_ev, solution.potential_down_ev])
     grid = reduced_kgrid(solution.structure, n_grid, potentials,
                          use_symmetry=use_symmetry and solution.fock is None)
