@@ -303,19 +303,6 @@ def validate(name: str, value, where: str = ""):
     return parameter(name).validate(value, where)
 
 
-def validate_many(values: dict, where: str = "", *, unknown: str = "ignore") -> dict:
-    """Validate every entry of ``values`` whose name is registered; ``unknown="error"`` refuses the others."""
-    out = {}
-    for name, value in values.items():
-        if name in REGISTRY:
-            out[name] = REGISTRY[name].validate(value, where)
-        elif unknown == "error":
-            parameter(name)
-        else:
-            out[name] = value
-    return out
-
-
 #: Sweep TOML tables whose keys drop a prefix of the registry name (``[ft] size`` is ``ft_size``).
 TABLE_PREFIX = {"ft": "ft_", "stm": "stm_"}
 

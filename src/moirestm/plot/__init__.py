@@ -125,41 +125,41 @@ def _metrics(y, pred) -> tuple[float, float]:
     return float(np.mean(np.abs(err))), (1.0 - float(np.sum(err ** 2)) / ss) if ss > 0 else float("nan")
 
 
-def parity(y, pred, sigma, names, axes=None, title: str = ""):
-    """Predicted against true value (with 1-sigma bars), one panel per target; returns the axes."""
+def _per_target(names, axes, height: float, title: str, draw):
+    """One panel per target, drawn by ``draw(ax, j, name)``, with the true value on the x axis."""
     n = len(names)
     if axes is None:
-        axes = figure(n, 1, figsize=(4.2 * n, 4), dpi=110)[1]
+        axes = figure(n, 1, figsize=(4.2 * n, height), dpi=110)[1]
     axes = np.atleast_1d(axes)
     for j, name in enumerate(names):
-        ax = axes[j]
+        draw(axes[j], j, name)
+        axes[j].set_xlabel(f"true {name}")
+    axes[0].figure.suptitle(title, fontsize=10)
+    axes[0].figure.tight_layout()
+    return axes
+
+
+def parity(y, pred, sigma, names, axes=None, title: str = ""):
+    """Predicted against true value (with 1-sigma bars), one panel per target; returns the axes."""
+    def draw(ax, j, name):
         lo, hi = float(min(y[:, j].min(), pred[:, j].min())), float(max(y[:, j].max(), pred[:, j].max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.errorbar(y[:, j], pred[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
         mae, r2 = _metrics(y[:, j], pred[:, j])
-        ax.set_xlabel(f"true {name}")
         ax.set_ylabel(f"predicted {name}")
         ax.set_title(f"MAE {mae:.3g}, R² {r2:.4f}", fontsize=9)
-    axes[0].figure.suptitle(title, fontsize=10)
-    axes[0].figure.tight_layout()
-    return axes
+
+    return _per_target(names, axes, 4.0, title, draw)
 
 
 def residuals(y, pred, sigma, names, axes=None, title: str = ""):
     """Residual against true value (with 1-sigma bars), one panel per target; returns the axes."""
-    n = len(names)
-    if axes is None:
-        axes = figure(n, 1, figsize=(4.2 * n, 3.4), dpi=110)[1]
-    axes = np.atleast_1d(axes)
-    for j, name in enumerate(names):
-        ax = axes[j]
+    def draw(ax, j, name):
         ax.axhline(0, color="k", lw=1)
         ax.errorbar(y[:, j], pred[:, j] - y[:, j], yerr=sigma[:, j], fmt="o", ms=3, alpha=0.7, elinewidth=0.8)
-        ax.set_xlabel(f"true {name}")
         ax.set_ylabel("residual")
-    axes[0].figure.suptitle(title, fontsize=10)
-    axes[0].figure.tight_layout()
-    return axes
+
+    return _per_target(names, axes, 3.4, title, draw)
 
 
 def history(records, axes=None):
@@ -198,10 +198,5 @@ def ft_comparison(measured, kx_nm, ky_nm, simulated=None, axes=None, *, title_me
     return axes
 
 
-def save(draw, result, path, overwrite: bool = False, dpi: int | None = None, **kwargs):
-    """Draw ``result`` with the plot function ``draw`` on a new figure and save it to ``path``."""
-    ax = draw(result, **kwargs)
-    return save_figure(ax.figure, path, overwrite=overwrite, dpi=dpi)
-
-
-__all__ = ["bands", "dos", "figure", "ft_comparison", "ft_image", "history", "parity", "residuals", "save", "save_figure", "stm_map", "u_sweep"]
+__all__ = ["bands", "dos", "figure", "ft_comparison", "ft_image", "history", "parity", "residuals", "save_figure",
+           "stm_map", "u_sweep"]
