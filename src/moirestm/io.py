@@ -314,6 +314,23 @@ class Result:
     def _from_record(cls, record: dict):
         return cls(**record)
 
+    @classmethod
+    def _from_flat(cls, params: dict, arrays: dict):
+        """A file of the flat layout written before the result base: fields found among the datasets or
+        the parameters; the other parameters go to a ``params`` field."""
+        from dataclasses import fields
+
+        names = [f.name for f in fields(cls) if f.init]
+        rest, values = dict(params), {}
+        for name in names:
+            if name in arrays:
+                values[name] = arrays[name]
+            elif name in rest and name != "params":
+                values[name] = rest.pop(name)
+        if "params" in names:
+            values["params"] = rest
+        return cls(**values)
+
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Atomically write the result (through :func:`atomic_output`); returns the path."""
         arrays: dict = {}
@@ -335,6 +352,8 @@ class Result:
             raise MoireSTMError(f"{path} holds a {cls.KIND} of format {found}, newer than this moirestm "
                                 f"reads (format {cls.FORMAT})")
         try:
+            if not (isinstance(record, dict) and "__result__" in record):
+                return cls._from_flat(record, arrays)
             return _decode(record, arrays)
         except (KeyError, TypeError, ValueError) as exc:
             raise MoireSTMError(f"{path}: damaged {cls.KIND} record ({type(exc).__name__}: {exc})") from None

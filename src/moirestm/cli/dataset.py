@@ -99,16 +99,21 @@ def dataset_info(path: Path = typer.Argument(..., help="dataset store")):
 
 @dataset_app.command("check")
 @friendly
-def dataset_check(path: Path = typer.Argument(..., help="dataset store")):
+def dataset_check(path: Path = typer.Argument(..., help="dataset store"),
+                  json_out: bool = typer.Option(False, "--json", help="print the problems as JSON")):
     """Validate integrity (keys, statuses, images); exit code 1 on problems."""
     from ..dataset.export import check
 
     problems = check(path)
-    for line in problems:
-        console.print(f"[red]problem:[/] {line}")
+    if json_out:
+        emit_json({"path": str(path), "ok": not problems, "problems": problems})
+    else:
+        for line in problems:
+            console.print(f"problem: {line}", highlight=False)
+        if not problems:
+            result_console.print(f"{path}: ok", highlight=False)
     if problems:
         raise typer.Exit(code=1)
-    result_console.print(f"{path}: ok", highlight=False)
 
 
 @dataset_app.command("merge")
@@ -117,6 +122,7 @@ def dataset_merge(
     out: Path = typer.Argument(..., help="store to merge into (created when missing)"),
     sources: list[Path] = typer.Argument(..., help="stores to copy samples from, in order"),
     replace: bool = typer.Option(False, help="later sources replace samples already present"),
+    json_out: bool = typer.Option(False, "--json", help="print the counts as JSON"),
 ):
     """Merge stores (e.g. sweeps run on several machines, or chains recomputed later) into one."""
     from ..dataset.store import merge_stores
@@ -124,6 +130,9 @@ def dataset_merge(
 
     check_output(out, "FTLDOSStore")
     counts = merge_stores(out, sources, replace=replace)
+    if json_out:
+        emit_json({**counts, "out": str(out)})
+        return
     result_console.print(f"{counts['copied']} samples copied, {counts['skipped']} already present -> {out}",
                          highlight=False)
 
@@ -136,11 +145,15 @@ def dataset_export(
     status: str = typer.Option("ok", help="which samples"),
     colormap: Optional[str] = typer.Option(None, help="also write colour PNGs (viewing only)"),
     overwrite: bool = typer.Option(False, help="allow a non-empty output folder"),
+    json_out: bool = typer.Option(False, "--json", help="print the count as JSON"),
 ):
     """Export images as grayscale-faithful 16-bit PNGs with an index.csv of parameters."""
     from ..dataset.export import export_png
 
     n = export_png(path, outdir, status=status, colormap=colormap, overwrite=overwrite)
+    if json_out:
+        emit_json({"images": n, "out": str(outdir)})
+        return
     result_console.print(f"{n} images -> {outdir}", highlight=False)
 
 
@@ -154,6 +167,7 @@ def dataset_import(
     apodisation: str = option("apodisation"),
     remove_q0: bool = option("remove_q0", default=True),
     log_scale: bool = option("log_scale", default=False),
+    json_out: bool = typer.Option(False, "--json", help="print the counts as JSON"),
 ):
     """Import LDOS text files of the reference code into a store."""
     from ..dataset.importer import import_ldos_files
@@ -163,5 +177,8 @@ def dataset_import(
     counts = import_ldos_files(files, out, length_unit=length_unit,
                                ft={"size": ft_size, "apodisation": apodisation, "remove_q0": remove_q0,
                                    "log_scale": log_scale})
+    if json_out:
+        emit_json({**counts, "out": str(out)})
+        return
     result_console.print(f"{counts['imported']} imported, {counts['skipped']} already present -> {out}",
                          highlight=False)

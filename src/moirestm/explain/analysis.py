@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import MoireSTMError
 from ..io import Result, output_dir, write_json
 from .crossover import Crossover, estimate_crossover
-from .regions import REGIONS, regions_for_sample, sample_lattice
+from .regions import REGION_LABELS, REGIONS, regions_for_sample, sample_lattice
 
 TARGET = "hubbard_u_ev"
 #: Order parameters given a crossover estimate; the first is the headline U_c.
@@ -309,9 +309,10 @@ def plot_analysis(res: AnalysisResult, sel: np.ndarray, out: Path) -> dict:
 
     panels = [("similarity", lambda: draw.similarity(res, sel)), ("pca", lambda: draw.pca(res, sel))]
     if any(np.isfinite(v).any() for v in res.intensities.values()):
-        panels.append(("intensities", lambda: draw.intensities(res)))
-    if res.order_parameters:
-        panels.append(("order_parameters", lambda: draw.order_parameters(res)))
+        panels.append(("intensities", lambda: draw.intensities(res, {r: REGION_LABELS[r] for r in REGIONS})))
+    names = [n for n in CROSSOVER_PARAMETERS + ("charge_rms",) if n in res.order_parameters]
+    if names:
+        panels.append(("order_parameters", lambda: draw.order_parameters(res, names, OBSERVABLE_ONLY)))
     figs = {}
     for name, make in panels:
         axes = np.asarray(make())

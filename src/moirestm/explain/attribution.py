@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import MoireSTMError
 from ..io import Result, output_dir, write_json
-from .regions import REGIONS, PeakRegions, regions_for_sample
+from .regions import REGION_LABELS, REGIONS, PeakRegions, regions_for_sample
 
 METHODS = ("gradcam", "guided_backprop", "integrated_gradients")
 METHOD_LABELS = {"gradcam": "Grad-CAM", "guided_backprop": "guided backprop",
@@ -298,7 +298,7 @@ def plot_overlays(attributions: Sequence[Attribution], path: str | Path, methods
     from ..plot import save_figure
     from ..plot.explain import overlays
 
-    axes = overlays(attributions, methods, max_rows)
+    axes = overlays(attributions, methods or METHODS, METHOD_LABELS, max_rows)
     return Path(save_figure(axes[0, 0].figure, path, overwrite=True, dpi=100))
 
 
@@ -308,7 +308,9 @@ def plot_shares(attributions: Sequence[Attribution], path: str | Path, u_c: floa
     from ..plot import save_figure
     from ..plot.explain import shares
 
-    axes = shares(attributions, u_c, methods)
+    present = [m for m in (methods or METHODS) if any(m in a.shares for a in attributions)]
+    axes = shares({m: shares_by_value(attributions, m) for m in present}, {r: REGION_LABELS[r] for r in REGIONS},
+                  METHOD_LABELS, u_c)
     return Path(save_figure(axes[0, 0].figure, path, overwrite=True, dpi=100))
 
 

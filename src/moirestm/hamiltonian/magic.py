@@ -9,7 +9,7 @@ import scipy.linalg as sla
 from scipy.optimize import minimize_scalar
 
 from ..errors import MoireSTMError
-from ..io import read_h5, write_h5
+from ..io import Result
 from ..lattice import TBGLattice, pressure_for_distance
 from .kgrid import k_path
 from .slater_koster import SlaterKoster
@@ -39,7 +39,7 @@ def central_bandwidth_ev(index: int, distance_nm: float, params: SlaterKoster | 
 
 
 @dataclass
-class MagicDistance:
+class MagicDistance(Result):
     """Result of the magic-distance search.
 
     Attributes
@@ -60,17 +60,6 @@ class MagicDistance:
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in ("index", "twist_angle_deg", "distance_nm", "bandwidth_ev", "pressure_gpa")}
-
-    def save(self, path, overwrite: bool = False) -> None:
-        write_h5(path, "MagicDistance", dict(self.params, **self.summary()),
-                 {"scan_distance_nm": self.scan_distance_nm, "scan_bandwidth_ev": self.scan_bandwidth_ev},
-                 overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path) -> "MagicDistance":
-        params, arrays, _ = read_h5(path, "MagicDistance")
-        values = [params.pop(k) for k in ("index", "twist_angle_deg", "distance_nm", "bandwidth_ev", "pressure_gpa")]
-        return cls(*values, arrays["scan_distance_nm"], arrays["scan_bandwidth_ev"], params)
 
 
 def magic_distance(index: int, bounds_nm=(0.25, 0.335), params: SlaterKoster | None = None,

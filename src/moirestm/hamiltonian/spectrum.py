@@ -9,7 +9,7 @@ import scipy.linalg as sla
 import scipy.sparse.linalg as spla
 
 from ..errors import MoireSTMError, positive_number
-from ..io import read_h5, write_h5
+from ..io import Result
 from .kgrid import k_path, monkhorst_pack
 from .tightbinding import TightBinding
 
@@ -67,7 +67,7 @@ def _params_of(tb: TightBinding) -> dict:
 
 
 @dataclass
-class BandStructure:
+class BandStructure(Result):
     """Bands along a k-path.
 
     Attributes
@@ -103,22 +103,6 @@ class BandStructure:
         """Width (max - min over the path) of the ``n_central`` bands around neutrality."""
         sel = self.central_energies_ev(n_central)
         return float(sel.max() - sel.min())
-
-    def save(self, path, overwrite: bool = False) -> None:
-        params = dict(self.params, labels=list(self.labels), fermi_ev=self.fermi_ev,
-                      full_spectrum=self.full_spectrum)
-        write_h5(path, "BandStructure", params, {
-            "k_nm": self.k_nm, "distance_nm": self.distance_nm, "ticks_nm": self.ticks_nm,
-            "energies_ev": self.energies_ev}, overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path) -> "BandStructure":
-        params, arrays, _ = read_h5(path, "BandStructure")
-        labels = params.pop("labels")
-        fermi = params.pop("fermi_ev")
-        full = params.pop("full_spectrum")
-        return cls(arrays["k_nm"], arrays["distance_nm"], arrays["ticks_nm"], labels,
-                   arrays["energies_ev"], fermi, full, params)
 
     def plot(self, path=None, window_ev: float | None = 0.3, title: str | None = None, overwrite: bool = False):
         """Bands relative to the Fermi level (:func:`moirestm.plot.bands`); saved to ``path`` if given."""
@@ -162,7 +146,7 @@ def band_structure(tb: TightBinding, labels=("G", "K", "M", "G"), n_points: int 
 
 
 @dataclass
-class DensityOfStates:
+class DensityOfStates(Result):
     """Density of states per moiré cell per spin, in states/eV.
 
     Attributes
@@ -178,19 +162,6 @@ class DensityOfStates:
     kind: str
     kgrid: int
     params: dict = field(default_factory=dict)
-
-    def save(self, path, overwrite: bool = False) -> None:
-        params = dict(self.params, fermi_ev=self.fermi_ev, broadening_ev=self.broadening_ev,
-                      kind=self.kind, kgrid=self.kgrid)
-        write_h5(path, "DensityOfStates", params, {"energies_ev": self.energies_ev, "dos_per_ev": self.dos_per_ev},
-                 overwrite=overwrite)
-
-    @classmethod
-    def load(cls, path) -> "DensityOfStates":
-        params, arrays, _ = read_h5(path, "DensityOfStates")
-        keys = ("fermi_ev", "broadening_ev", "kind", "kgrid")
-        fermi, broadening, kind, kgrid = (params.pop(k) for k in keys)
-        return cls(arrays["energies_ev"], arrays["dos_per_ev"], fermi, broadening, kind, kgrid, params)
 
     def plot(self, path=None, overwrite: bool = False):
         """DOS against E - E_F (:func:`moirestm.plot.dos`); saved to ``path`` if given."""

@@ -1,7 +1,8 @@
 """Figures of the explanation stage: attribution overlays and shares, dataset analysis panels.
 
-Axes-in / axes-out like :mod:`moirestm.plot`; the explanation modules save them through
-:func:`moirestm.plot.save_figure`.
+Axes-in / axes-out like :mod:`moirestm.plot`, and like it importing no computing module: names and
+labels (regions, methods, order parameters) come in as arguments. The explanation modules save the
+figures through :func:`moirestm.plot.save_figure`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ import math
 import numpy as np
 
 from ..errors import MoireSTMError
-from ..explain.analysis import CROSSOVER_PARAMETERS, OBSERVABLE_ONLY
-from ..explain.attribution import METHOD_LABELS, METHODS, shares_by_value
-from ..explain.regions import REGION_LABELS, REGIONS
 from . import figure
 
 
-def overlays(attributions, methods=None, max_rows: int = 6, axes=None):
-    """Per sample (row) the FT image and each attribution map over it, with the peak positions; returns
-    the (rows, 1 + methods) axes."""
+def overlays(attributions, methods, labels: dict | None = None, max_rows: int = 6, axes=None):
+    """Per sample (row) the FT image and each attribution map of ``methods`` over it (titles from
+    ``labels``), with the peak positions; returns the (rows, 1 + methods) axes."""
     atts = list(attributions)[:max_rows]
     if not atts:
         raise MoireSTMError("no attributions to plot")
-    methods = [m for m in (methods or METHODS) if m in atts[0].maps]
+    labels = labels or {}
+    methods = [m for m in methods if m in atts[0].maps]
     ncol = 1 + len(methods)
     if axes is None:
         axes = figure(ncol, len(atts), figsize=(2.7 * ncol, 2.6 * len(atts)), dpi=100, squeeze=False)[1]
@@ -41,7 +40,8 @@ def overlays(attributions, methods=None, max_rows: int = 6, axes=None):
                 m = m / m.max() if m.max() > 0 else m
                 ax.imshow(m, origin="lower", extent=ext, cmap="magma", alpha=0.65, aspect="auto", vmin=0, vmax=1)
                 sh = a.shares[name]
-                ax.set_title(f"{METHOD_LABELS[name]}\nmoiré {sh['moire']:.2f} Bragg {sh['bragg']:.2f}", fontsize=7)
+                ax.set_title(f"{labels.get(name, name)}\nmoiré {sh['moire']:.2f} Bragg {sh['bragg']:.2f}",
+                             fontsize=7)
             for kind, colour in (("moire", "cyan"), ("bragg", "lime"), ("satellite", "yellow")):
                 p = reg.peaks[kind]
                 ax.scatter(p[:, 0], p[:, 1], s=14 if kind != "satellite" else 5, facecolors="none",
@@ -54,26 +54,26 @@ def overlays(attributions, methods=None, max_rows: int = 6, axes=None):
     return axes
 
 
-def shares(attributions, u_c: float | None = None, methods=None, axes=None):
-    """Region shares vs U (mean ± std over samples), one panel per method; U_c marked if given; returns
-    the (1, methods) axes."""
-    present = [m for m in (methods or METHODS) if any(m in a.shares for a in attributions)]
-    if not present:
+def shares(tables: dict, regions: dict, labels: dict | None = None, u_c: float | None = None, axes=None):
+    """Region shares vs U (mean ± std over samples), one panel per method of ``tables`` (``{method:
+    shares_by_value table}``), one curve per region of ``regions`` (``{region: label}``); U_c marked if
+    given; returns the (1, methods) axes."""
+    if not tables:
         raise MoireSTMError("no attributions to plot")
+    labels = labels or {}
     if axes is None:
-        axes = figure(len(present), 1, figsize=(4.2 * len(present), 3.3), dpi=100, squeeze=False)[1]
-    for ax, method in zip(axes[0], present):
-        t = shares_by_value(attributions, method)
-        for region, colour in zip(REGIONS, ("tab:cyan", "tab:green", "tab:gray")):
+        axes = figure(len(tables), 1, figsize=(4.2 * len(tables), 3.3), dpi=100, squeeze=False)[1]
+    for ax, (method, t) in zip(axes[0], tables.items()):
+        for region, colour in zip(regions, ("tab:cyan", "tab:green", "tab:gray")):
             mean, std = np.array(t[region]["mean"]), np.array(t[region]["std"])
-            ax.plot(t["u"], mean, "o-", ms=3, color=colour, label=REGION_LABELS[region])
+            ax.plot(t["u"], mean, "o-", ms=3, color=colour, label=regions[region])
             ax.fill_between(t["u"], mean - std, mean + std, color=colour, alpha=0.2)
         if u_c is not None and np.isfinite(u_c):
             ax.axvline(u_c, color="k", ls="--", lw=1, label=f"$U_c$ = {u_c:.2f} eV")
         ax.set_xlabel("U (eV)")
         ax.set_ylabel("share of |attribution|")
         ax.set_ylim(0, 1)
-        ax.set_title(METHOD_LABELS[method], fontsize=9)
+        ax.set_title(labels.get(method, method), fontsize=9)
     axes[0, 0].legend(fontsize=7)
     axes[0, 0].figure.tight_layout()
     return axes
@@ -134,13 +134,14 @@ def pca(res, sel, axes=None):
     return axes
 
 
-def intensities(res, axes=None):
-    """Mean FT-LDOS in each peak region against U, one curve per group; returns the (1, regions) axes."""
+def intensities(res, regions: dict, axes=None):
+    """Mean FT-LDOS in each peak region of ``regions`` (``{region: label}``) against U, one curve per
+    group; returns the (1, regions) axes."""
     if axes is None:
-        axes = figure(len(REGIONS), 1, figsize=(4 * len(REGIONS), 3.3), dpi=100, squeeze=False)[1]
-    for ax, region in zip(axes[0], REGIONS):
+        axes = figure(len(regions), 1, figsize=(4 * len(regions), 3.3), dpi=100, squeeze=False)[1]
+    for ax, region in zip(axes[0], regions):
         _curves(ax, res.u, res.intensities[region], res.groups)
-        ax.set_title(REGION_LABELS[region], fontsize=9)
+        ax.set_title(regions[region], fontsize=9)
         ax.set_xlabel("U (eV)")
         ax.set_ylabel("mean FT-LDOS in region")
     axes[0, 0].legend(fontsize=6)
@@ -148,12 +149,12 @@ def intensities(res, axes=None):
     return axes
 
 
-def order_parameters(res, axes=None):
-    """Order parameters against U with the crossover estimates marked; returns the (1, names) axes."""
-    names = [n for n in CROSSOVER_PARAMETERS + ("charge_rms",) if n in res.order_parameters]
+def order_parameters(res, names, observable_only=(), axes=None):
+    """Order parameters ``names`` against U with the crossover estimates marked, curves grouped by the
+    varying parameters except ``observable_only`` ones; returns the (1, names) axes."""
     if axes is None:
         axes = figure(len(names), 1, figsize=(3.6 * len(names), 3.3), dpi=100, squeeze=False)[1]
-    op_groups = [n for n in res.group_by if n not in OBSERVABLE_ONLY]
+    op_groups = [n for n in res.group_by if n not in observable_only]
     labels = list(res.groups)
     if len(op_groups) != len(res.group_by):
         labels = [", ".join(p for p in lab.split(", ") if p.split("=")[0] in op_groups) or "all"
