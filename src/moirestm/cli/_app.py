@@ -23,10 +23,10 @@ from ..errors import MoireSTMError
 from ..parameters import REGISTRY, parameter
 
 #: Commands in pipeline order (lattice -> tight binding -> mean field -> observables -> datasets ->
-#: measured maps -> learning -> explanation); commands not listed follow in registration order.
+#: learning -> explanation -> measured maps); commands not listed follow in registration order.
 PIPELINE = ("lattice", "bands", "dos", "magic-distance", "scf", "sweep-u", "ldos", "sweep", "dataset",
-            "stm-info", "calibrate", "train", "evaluate", "predict", "baselines", "infer", "explain",
-            "analyze", "report", "demo")
+            "train", "evaluate", "predict", "baselines", "infer", "explain", "analyze", "report",
+            "stm-info", "calibrate", "demo")
 #: Suffixes of options that give one end or the step of a range of a registered parameter.
 RANGE_SUFFIXES = ("_min", "_max")
 
