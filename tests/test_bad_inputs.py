@@ -137,6 +137,7 @@ CASES = [
     ("dataset check {w}/sol.h5", "sol.h5"), ("dataset import {w}/notes.txt -o {w}/sol.h5", "MeanFieldSolution"),
     ("dataset import {w}/notes.txt -o {w}/new.h5 --size 0", "ft_size"),
     ("dataset merge {w}/notes.txt {w}/data.h5", "holds a text file"),
+    ("dataset export {w}/data.h5 {w}/notes.txt", "not a folder"), ("dataset export {w}/notes.txt {w}/png", "notes.txt"),
     # learning
     ("train {w}/data.h5 --input-size 0 -o {w}/new_run", "input_size"), ("train {w}/data.h5 --lr nan -o {w}/new_run", "lr"),
     ("train {w}/data.h5 --lr -1 -o {w}/new_run", "lr"), ("train {w}/data.h5 --epochs 0 -o {w}/new_run", "epochs"),

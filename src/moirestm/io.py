@@ -122,12 +122,13 @@ def overwriting(*paths):
         _ALLOWED.difference_update(new)
 
 
-def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False) -> Path:
+def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False,
+                 hint: str = "use --overwrite to replace it") -> Path:
     """Check that ``kind`` may be written to ``path``, before any work is done.
 
     The folder must exist and be writable; an existing file may be replaced only by a file of the
     same kind (a rerun), unless ``overwrite`` (or :func:`overwriting`) allows it. MoireSTMError
-    otherwise, naming the file and what it holds.
+    otherwise, naming the file and what it holds, and ending with ``hint``.
     """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
@@ -141,8 +142,7 @@ def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False) ->
     if found == "folder":
         raise MoireSTMError(f"cannot write {path}: it is a folder")
     if found is not None and found != kind and not overwrite and path.resolve() not in _ALLOWED:
-        raise MoireSTMError(f"refusing to overwrite {path}: it holds a {found}, not a {kind} "
-                            "(use --overwrite to replace it)")
+        raise MoireSTMError(f"refusing to overwrite {path}: it holds a {found}, not a {kind} ({hint})")
     if kind == FIGURE and path.suffix.lower() not in FIGURE_SUFFIXES:
         raise MoireSTMError(f"cannot write a figure to {path}: give a name ending in "
                             f"{', '.join(FIGURE_SUFFIXES)}")

@@ -10,6 +10,9 @@ import typer
 
 from ._app import app, console, emit_json, friendly, option, result_console
 
+#: A store is extended, never replaced: another name is the way out.
+STORE_HINT = "give the name of a new or existing dataset store"
+
 sweep_app = typer.Typer(help="Run parameter sweeps into FT-LDOS dataset stores.", no_args_is_help=True)
 dataset_app = typer.Typer(help="Inspect, check, export and import FT-LDOS dataset stores.",
                           no_args_is_help=True)
@@ -58,7 +61,7 @@ def sweep_run(
     from ..io import check_output
 
     sweep = _checked_sweep(spec)
-    check_output(out, "FTLDOSStore")
+    check_output(out, "FTLDOSStore", hint=STORE_HINT)
     summary = run_sweep(sweep, out, scheduler=scheduler, workers=workers, retry_failed=retry_failed,
                         commit_interval_s=commit_interval_s, console=console, limit_tasks=limit_tasks)
     if json_out:
@@ -128,7 +131,7 @@ def dataset_merge(
     from ..dataset.store import merge_stores
     from ..io import check_output
 
-    check_output(out, "FTLDOSStore")
+    check_output(out, "FTLDOSStore", hint=STORE_HINT)
     counts = merge_stores(out, sources, replace=replace)
     if json_out:
         emit_json({**counts, "out": str(out)})
@@ -149,7 +152,11 @@ def dataset_export(
 ):
     """Export images as grayscale-faithful 16-bit PNGs with an index.csv of parameters."""
     from ..dataset.export import export_png
+    from ..errors import MoireSTMError
+    from ..io import file_kind
 
+    if outdir.exists() and not outdir.is_dir():
+        raise MoireSTMError(f"cannot export into {outdir}: it is a {file_kind(outdir)}, not a folder")
     n = export_png(path, outdir, status=status, colormap=colormap, overwrite=overwrite)
     if json_out:
         emit_json({"images": n, "out": str(outdir)})
@@ -173,7 +180,7 @@ def dataset_import(
     from ..dataset.importer import import_ldos_files
     from ..io import check_output
 
-    check_output(out, "FTLDOSStore")
+    check_output(out, "FTLDOSStore", hint=STORE_HINT)
     counts = import_ldos_files(files, out, length_unit=length_unit,
                                ft={"size": ft_size, "apodisation": apodisation, "remove_q0": remove_q0,
                                    "log_scale": log_scale})
