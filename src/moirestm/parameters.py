@@ -177,7 +177,7 @@ _ENTRIES = [
     _p("scf_kgrid", "", getattr(C, "SCF_KGRID", 1), "benchmarks/bench_kgrid.py (docs/meanfield.md)", 1, 64,
        kind="int", help="n of the n x n Monkhorst-Pack grid of the self-consistency"),
     _p("kgrid", "", getattr(C, "SCF_KGRID", 1), "legacy spelling of scf_kgrid", 1, 64, kind="int",
-       alias_of="scf_kgrid", help="legacy alias of scf_kgrid"),
+       alias_of="scf_kgrid", help="legacy spelling of scf_kgrid (a sweep's legacy kgrid also sets ldos_kgrid)"),
     _p("ldos_kgrid", "", getattr(C, "LDOS_KGRID", 1), "benchmarks/bench_kgrid.py (docs/meanfield.md)", 1, 256,
        kind="int", help="n of the n x n Monkhorst-Pack grid of the non-self-consistent LDOS"),
     _s("start", "afm", ("pm", "fm", "afm", "layer_afm", "random"), "starting state of the self-consistency"),
