@@ -90,6 +90,12 @@ def evaluate_cmd(
 ) -> None:
     """MAE, RMSE, R², error per U, uncertainty coverage; parity and residual PNGs and metrics.json."""
     from ..learn import evaluate
+    from ..learn.posterior import is_posterior_run
+
+    if is_posterior_run(run):  # coverage, SBC, identifiability (cli/infer.py)
+        from .infer import evaluate_posterior_cmd
+
+        return evaluate_posterior_cmd(run, data, part, out, json_out, seed)
 
     result = evaluate(run, store=data, part=part, out=out, corrupt=corrupt, seed=seed)
     if json_out:
@@ -119,7 +125,12 @@ def predict_cmd(
     validation data) for an image, store samples, or a measured STM map (calibrated to the simulation
     frame, with out-of-distribution warnings)."""
     from ..learn import predict
+    from ..learn.posterior import is_posterior_run
 
+    if is_posterior_run(run):  # posterior quantiles and the out-of-family flag (cli/infer.py)
+        from .infer import predict_posterior_cmd
+
+        return predict_posterior_cmd(run, input, key, json_out)
     measured = input.suffix.lower() in (".sxm", ".3ds", ".gwy", ".txt") or pixel_nm is not None or channel
     if measured:
         from ..learn.measured import predict_measured

@@ -1,0 +1,226 @@
+"""Calibration and identifiability of a :class:`~moirestm.learn.posterior.PosteriorRun` on held-out draws.
+
+:func:`calibration_metrics` draws ``n_samples`` posterior samples per image and reports, per
+parameter, the posterior-median MAE and RMSE, the empirical coverage of the central
+50/68/90/95 % intervals, simulation-based calibration (sbi's ``run_sbc``/``check_sbc``; the KS
+p-value of the rank statistics, ``sbc_ks_p``), the contraction ``prior sd / posterior sd`` and the
+posterior correlations of U with every other parameter, binned by the true U.
+
+U counts as *identifiable* in a U bin when the median contraction of U over the held-out images
+in that bin is at least ``IDENTIFIED_CONTRACTION`` (2: the posterior is at most half as wide as
+the prior); the identifiable range is the longest contiguous run of such bins.
+:func:`evaluate_posterior` adds the point baseline (network + kernel blend, split-conformal
+intervals) on the same images, the out-of-family check of the evaluated store and plots.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import MoireSTMError
+from .data import DEFAULT_TARGET, batch_inputs, open_store
+from .posterior import (CALIBRATED_90, COVERAGE_LEVELS, IDENTIFIED_CONTRACTION, POINT_DIR, PosteriorRun,
+                        _theta_values, coverage_warnings, store_priors)
+
+#: U bins of the identifiability analysis
+N_U_BINS = 6
+
+
+def interval_coverage(samples: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per level, the fraction of images whose truth lies in the central interval, per parameter."""
+    out = {}
+    for level in COVERAGE_LEVELS:
+        lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=1)
+        out[str(level)] = np.mean((truth >= lo) & (truth <= hi), axis=0)
+    return out
+
+
+def sbc(run: PosteriorRun, x: torch.Tensor, z_truth: np.ndarray, n_samples: int, seed: int) -> dict:
+    """sbi's ``run_sbc`` + ``check_sbc`` in box coordinates (ranks are invariant under the affine map)."""
+    from sbi.diagnostics import check_sbc, run_sbc
+    from sbi.inference import DirectPosterior
+
+    posterior = DirectPosterior(run.estimator, run.theta.box())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        thetas = torch.from_numpy(np.asarray(z_truth, dtype=np.float32))
+        ranks, dap = run_sbc(thetas, x, posterior, num_posterior_samples=n_samples, show_progress_bar=False)
+        checks = check_sbc(ranks, thetas, dap, num_posterior_samples=n_samples)
+    return {"ranks": ranks.numpy(), "ks_p": checks["ks_pvals"].numpy(), "c2st_ranks": checks["c2st_ranks"].numpy()}
+
+
+def _bins(u: np.ndarray, low: float, high: float) -> list[np.ndarray]:
+    edges = np.linspace(low, high, N_U_BINS + 1)
+    idx = np.clip(np.digitize(u, edges) - 1, 0, N_U_BINS - 1)
+    return [idx == b for b in range(N_U_BINS)], edges
+
+
+def identifiability(run: PosteriorRun, samples: np.ndarray, truth: np.ndarray, prior_sd: np.ndarray) -> dict:
+    """Contraction and U correlations per U bin, and the identifiable U range (see the module docstring)."""
+    names = run.names
+    iu = names.index(DEFAULT_TARGET)
+    post_sd = samples.std(axis=1)
+    contraction = prior_sd / np.maximum(post_sd, 1e-12)
+    centred = samples - samples.mean(axis=1, keepdims=True)
+    cov = np.einsum("nsi,nsj->nij", centred, centred) / samples.shape[1]
+    corr = cov / np.maximum(np.einsum("ni,nj->nij", post_sd, post_sd), 1e-24)
+    masks, edges = _bins(truth[:, iu], run.theta.low[iu], run.theta.high[iu])
+    median = np.median(samples, axis=1)
+    rows = []
+    for b, m in enumerate(masks):
+        row = {"u_low": float(edges[b]), "u_high": float(edges[b + 1]), "n": int(m.sum())}
+        if m.any():
+            row["contraction"] = {n: float(np.median(contraction[m, j])) for j, n in enumerate(names)}
+            row["corr_u"] = {n: float(np.mean(corr[m, iu, j])) for j, n in enumerate(names) if j != iu}
+            row["u_mae"] = float(np.mean(np.abs(median[m, iu] - truth[m, iu])))
+        rows.append(row)
+    good = [r.get("contraction", {}).get(DEFAULT_TARGET, 0.0) >= IDENTIFIED_CONTRACTION for r in rows]
+    best, cur = (0, -1), None
+    for b, ok in enumerate(good + [False]):
+        if ok and cur is None:
+            cur = b
+        elif not ok and cur is not None:
+            if b - cur > best[1] - best[0] + 1:
+                best = (cur, b - 1)
+            cur = None
+    result = {"definition": f"U bins (of {N_U_BINS} over the prior range) whose median U contraction "
+                            f"(prior sd / posterior sd) is >= {IDENTIFIED_CONTRACTION}; longest contiguous run",
+              "bins": rows, "prior_sd": {n: float(s) for n, s in zip(names, prior_sd)},
+              "contraction": {n: float(np.median(contraction[:, j])) for j, n in enumerate(names)},
+              "corr_u": {n: float(np.mean(corr[:, iu, j])) for j, n in enumerate(names) if j != iu},
+              "identifiable_u": None}
+    if best[1] >= best[0]:
+        lo, hi = rows[best[0]]["u_low"], rows[best[1]]["u_high"]
+        inside = (truth[:, iu] >= lo) & (truth[:, iu] <= hi)
+        result["identifiable_u"] = {"low": lo, "high": hi, "n": int(inside.sum()),
+                                    "u_mae": float(np.mean(np.abs(median[inside, iu] - truth[inside, iu])))}
+    return result
+
+
+def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_samples: int | None = None,
+                        seed: int = 0, with_sbc: bool = True, keep: bool = False) -> dict:
+    """Posterior-median MAE/RMSE, interval coverage, SBC and identifiability on ``keys`` of ``store``.
+
+    ``keep`` adds the raw arrays (``samples``, ``truth``, ``ood_scores``, ``ranks``) for plotting.
+    """
+    st = open_store(store)
+    keys = list(keys)
+    if not keys:
+        raise MoireSTMError("no samples to evaluate")
+    n_samples = n_samples or run.config.get("n_samples", 1000)
+    images = [st.image(k) for k in keys]
+    truth = _theta_values(st, keys, run.theta)
+    x = batch_inputs(run.normalizer, images)
+    z = run.sample_z(x, n_samples, seed)
+    samples = run.theta.decode(z)
+    scores = run.ood_scores(x)
+    cover = interval_coverage(samples, truth)
+    median = np.median(samples, axis=1)
+    checks = sbc(run, x, run.theta.encode(truth), n_samples, seed + 1) if with_sbc else None
+    out = {"n": len(keys), "n_samples": n_samples, "parameters": {}}
+    for j, name in enumerate(run.names):
+        err = median[:, j] - truth[:, j]
+        out["parameters"][name] = {
+            "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
+            "mean_interval_68": float(np.mean(np.diff(np.quantile(samples[:, :, j], [0.16, 0.84], axis=1), axis=0))),
+            "coverage": {level: float(c[j]) for level, c in cover.items()},
+            **({"sbc_ks_p": float(checks["ks_p"][j]), "sbc_c2st": float(checks["c2st_ranks"][j])} if checks else {})}
+    prior_sd = np.asarray([run.summary.get("prior_sd", {}).get(n, np.nan) for n in run.names])
+    if np.any(~np.isfinite(prior_sd)):
+        prior_sd = (run.theta.high - run.theta.low) / np.sqrt(12)
+    out["identifiability"] = identifiability(run, samples, truth, prior_sd)
+    out["ood"] = {"threshold": run.ood["threshold"], "flagged": float(np.mean(scores > run.ood["threshold"]))}
+    if keep:
+        out["_arrays"] = {"samples": samples, "truth": truth, "ood_scores": scores,
+                          **({"ranks": checks["ranks"]} if checks else {})}
+    return out
+
+
+def point_metrics(run: PosteriorRun, st, keys: Sequence[str]) -> dict | None:
+    """The point baseline's MAE/RMSE and its conformal-interval coverage on ``keys`` (None without one)."""
+    point = (run.summary or {}).get("point")
+    if not point or run.path is None or not (Path(run.path) / POINT_DIR).is_dir():
+        return None
+    from .run import Run
+
+    prun = Run.load(Path(run.path) / POINT_DIR)
+    mu, sd = prun.predict([st.image(k) for k in keys])
+    y = np.array([float(st.params(k)[DEFAULT_TARGET]) for k in keys])
+    err = mu[:, 0] - y
+    cover = {level: float(np.mean(np.abs(err) <= q * sd[:, 0])) for level, q in point["conformal"].items()}
+    return {"model": point["model"], "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
+            "conformal_coverage": cover, "prediction": mu[:, 0].tolist(), "sigma": sd[:, 0].tolist()}
+
+
+def check_family(run: PosteriorRun, st) -> list[str]:
+    """Warnings when ``st`` was drawn from other priors or another twist index than the run's training store.
+
+    A store whose samples lack a parameter the run infers, or whose images have another shape,
+    raises MoireSTMError (it cannot be evaluated at all).
+    """
+    keys = st.keys(status="ok")
+    if not keys:
+        raise MoireSTMError("the store has no usable samples")
+    missing = [n for n in run.names if n not in st.params(keys[0])]
+    if missing:
+        raise MoireSTMError(f"the store's samples lack {', '.join(missing)}: it is not of the run's family "
+                            f"(the run infers {', '.join(run.names)})")
+    shape = tuple(np.shape(st.image(keys[0])))
+    if shape != tuple(run.normalizer.image_shape):
+        raise MoireSTMError(f"the store's images have shape {shape}, the run's {tuple(run.normalizer.image_shape)}")
+    warnings = []
+    try:
+        priors = store_priors(st)
+    except MoireSTMError:
+        priors = None
+    if priors != run.family.get("priors"):
+        warnings.append("the store was not drawn from the run's priors: calibration figures are not "
+                        "those of the training family")
+    sweep = st.sweep_params if not callable(getattr(st, "sweep_params", None)) else st.sweep_params()
+    if sweep.get("index") != run.family.get("index"):
+        warnings.append(f"the store's twist index {sweep.get('index')} differs from the run's "
+                        f"{run.family.get('index')}")
+    return warnings
+
+
+def evaluate_posterior(run: PosteriorRun | str | Path, store: Any = None, part: str = "test", out=None,
+                       n_samples: int | None = None, seed: int = 0) -> dict:
+    """Calibration on the run's held-out draws (``part``) or on every sample of another ``store``,
+    beside the point baseline; with ``out``, ``metrics.json`` and plots are written there."""
+    run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
+    other = store is not None
+    source = store if other else run.store
+    if source is None:
+        raise MoireSTMError("the run records no store path; pass --data STORE")
+    st = open_store(source)
+    warnings = check_family(run, st) if other else []
+    keys = st.keys(status="ok") if other else run.split.keys(part)
+    metrics = calibration_metrics(run, st, keys, n_samples, seed, keep=out is not None)
+    arrays = metrics.pop("_arrays", None)
+    metrics["point"] = point_metrics(run, st, keys)
+    if metrics["point"] is not None:
+        metrics["point"].pop("prediction")
+        metrics["point"].pop("sigma")
+    metrics["warnings"] = warnings + coverage_warnings(metrics)
+    if metrics["ood"]["flagged"] > 0.25:
+        metrics["warnings"].append(f"{metrics['ood']['flagged']:.0%} of the images are flagged out of family")
+    result = {"kind": "posterior", "part": "all" if other else part, "store": str(source), **metrics,
+              "calibrated_90_band": list(CALIBRATED_90)}
+    if out is not None:
+        from ..io import output_dir, write_json
+        from ..plot.posterior import save_calibration_figures
+
+        directory = output_dir(out)
+        result["plots"] = save_calibration_figures(arrays, run.names, directory,
+                                                   result["identifiability"])
+        result["out"] = str(directory)
+        write_json(directory / "metrics.json", result, "PosteriorEvaluation", overwrite=True)
+    return result
+
+
+__all__ = ["calibration_metrics", "evaluate_posterior", "identifiability", "interval_coverage", "sbc",
+           "point_metrics", "check_family", "N_U_BINS"]

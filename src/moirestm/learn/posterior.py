@@ -1,0 +1,644 @@
+"""Amortised posterior over U and the drawn nuisance parameters: neural posterior estimation with sbi.
+
+:func:`infer` trains, on a ``draw`` split of a store with priors (issue 16: samples carry
+``draw_id``, the sweep metadata holds ``priors``), a conditional normalizing flow
+``q(theta | image)`` (sbi's neural spline flow by default) whose conditioning input is the
+project's :class:`~moirestm.learn.models.CompactCNN` used as an embedding network; the
+whole estimator is trained end to end by maximum likelihood (plain PyTorch loop, early stopping
+on the held-out validation *draws*).  ``theta`` is U plus every numeric drawn parameter of the
+store's priors (``choice`` priors, e.g. a twist index, are not inferred and are marginalised).
+
+The prior handed to sbi is a uniform box over the prior ranges (U: the range of the store's
+U values), in standardised coordinates ``z = (theta - centre) / half_width`` in ``[-1, 1]``;
+the training pairs themselves follow the store's actual priors (e.g. log-uniform or truncated
+normal), so the learned posterior is the posterior under those priors, and the box only
+bounds the support (samples outside it are rejected).
+
+A :class:`PosteriorRun` directory holds ``posterior.pt`` (estimator weights and build config,
+image normalisation, theta box, the store's prior, split, out-of-family statistics, package
+version), ``posterior.json`` (readable summary and validation calibration), ``split.json`` and,
+by default, ``point/``: the point-estimate baseline (network + kernel blend,
+:func:`moirestm.learn.train.train`) on the same split, with a split-conformal interval.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import MoireSTMError
+from ..io import output_dir, write_json
+from .data import DEFAULT_TARGET, Normalizer, Split, batch_inputs, make_split, open_store, store_path
+from .models import DEFAULT_INPUT_SIZE, build_model, count_parameters
+from .run import _atomic_save, _load_checkpoint, load_strict
+
+POSTERIOR_FORMAT = "moirestm-posterior-run"
+POSTERIOR_VERSION = 1
+POSTERIOR_FILE = "posterior.pt"
+POINT_DIR = "point"
+#: central-interval levels of the coverage checks
+COVERAGE_LEVELS = (0.5, 0.68, 0.9, 0.95)
+#: reported quantiles (68 % and 95 % central intervals)
+QUANTILES = {"q025": 0.025, "q16": 0.16, "q84": 0.84, "q975": 0.975}
+#: 90 % coverage outside this band marks a run as miscalibrated
+CALIBRATED_90 = (0.85, 0.95)
+#: posterior samples per image for prediction and calibration
+N_SAMPLES = 1000
+#: prior sd / posterior sd above which a parameter counts as identified (the posterior is at
+#: most half as wide as the prior)
+IDENTIFIED_CONTRACTION = 2.0
+FLOWS = ("nsf", "maf")
+
+
+@dataclass
+class PosteriorConfig:
+    """Hyper-parameters of :func:`infer` (all saved with the run)."""
+
+    flow: str = "nsf"
+    embedding_dim: int = 32
+    width: int = 16
+    hidden_features: int = 64
+    num_transforms: int = 4
+    epochs: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 25
+    seed: int = 0
+    input_size: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    max_minutes: float | None = None
+    n_samples: int = N_SAMPLES
+    ood_false_alarm: float = 0.05
+    point: bool = True
+    point_max_minutes: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- theta and prior
+@dataclass
+class Theta:
+    """The inferred parameters: names, prior box and the store's prior record."""
+
+    names: list[str]
+    low: np.ndarray
+    high: np.ndarray
+    priors: dict = field(default_factory=dict)
+
+    @property
+    def centre(self) -> np.ndarray:
+        return (self.low + self.high) / 2
+
+    @property
+    def half_width(self) -> np.ndarray:
+        return (self.high - self.low) / 2
+
+    def encode(self, theta: np.ndarray) -> np.ndarray:
+        return ((np.asarray(theta, dtype=np.float64) - self.centre) / self.half_width).astype(np.float32)
+
+    def decode(self, z) -> np.ndarray:
+        return np.asarray(z, dtype=np.float64) * self.half_width + self.centre
+
+    def box(self):
+        """The sbi prior: a uniform box ``[-1, 1]^d`` in standardised coordinates."""
+        from sbi.utils import BoxUniform
+
+        d = len(self.names)
+        return BoxUniform(-torch.ones(d), torch.ones(d))
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "low": self.low.tolist(), "high": self.high.tolist(),
+                "priors": self.priors}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Theta":
+        return cls(list(d["names"]), np.asarray(d["low"], float), np.asarray(d["high"], float), dict(d["priors"]))
+
+
+def store_priors(store) -> dict:
+    """The store's prior record (``sweep_params["priors"]``); MoireSTMError if it has none."""
+    sweep = getattr(store, "sweep_params", None)
+    sweep = sweep() if callable(sweep) else sweep
+    priors = (sweep or {}).get("priors")
+    if not priors:
+        raise MoireSTMError(f"{store_path(store) or store} has no priors in its sweep metadata: posterior "
+                            "inference needs a store drawn from priors (a [priors] table in the sweep)")
+    return dict(priors)
+
+
+def theta_of(store, keys: Sequence[str], priors: dict) -> Theta:
+    """U plus every numeric, non-``choice`` prior parameter that varies, with its box.
+
+    The box is the prior's ``[low, high]`` where it states one, else the range of the samples.
+    """
+    params = [store.params(k) for k in keys]
+    names = [DEFAULT_TARGET] + sorted(n for n, p in priors.items()
+                                      if n != DEFAULT_TARGET and p.get("dist") != "choice")
+    low, high, kept = [], [], []
+    for name in names:
+        values = [p.get(name) for p in params]
+        if any(v is None for v in values):
+            raise MoireSTMError(f"samples of the store lack the drawn parameter {name!r}")
+        try:
+            values = np.asarray(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            continue  # a non-numeric draw (e.g. a named preset) is marginalised, not inferred
+        spec = priors.get(name, {})
+        lo = spec.get("low") if isinstance(spec.get("low"), (int, float)) else values.min()
+        hi = spec.get("high") if isinstance(spec.get("high"), (int, float)) else values.max()
+        lo, hi = min(float(lo), values.min()), max(float(hi), values.max())
+        if hi <= lo:
+            if name == DEFAULT_TARGET:
+                raise MoireSTMError("every sample has the same U: nothing to infer")
+            continue
+        kept.append(name)
+        low.append(lo)
+        high.append(hi)
+    return Theta(kept, np.array(low), np.array(high), priors)
+
+
+def draw_split(store, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Split:
+    """Whole draws (``draw_id``) held out for validation and test: no held-out image shares its
+    nuisance values with a training image.  Uses ``make_split(kind="draw")`` where the data module has it."""
+    from . import data
+
+    if "draw" in data.SPLITS:
+        return make_split(store, "draw", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
+    keys = sorted(store.keys(status="ok"))
+    ids = []
+    for k in keys:
+        p = store.params(k)
+        if "draw_id" not in p:
+            raise MoireSTMError(f"sample {k} has no draw_id: a draw split needs a store drawn from priors")
+        ids.append(int(p["draw_id"]))
+    draws = np.unique(ids)
+    n_test = max(1, int(round(len(draws) * test_fraction)))
+    n_val = max(1, int(round(len(draws) * val_fraction)))
+    if len(draws) - n_val - n_test < 1:
+        raise MoireSTMError(f"only {len(draws)} draws: too few for a train/val/test split by draw")
+    perm = draws[np.random.default_rng(seed).permutation(len(draws))]
+    test_d, val_d = set(perm[:n_test].tolist()), set(perm[n_test:n_test + n_val].tolist())
+    parts = {"train": [], "val": [], "test": []}
+    for k, d in zip(keys, ids):
+        parts["test" if d in test_d else "val" if d in val_d else "train"].append(k)
+    return Split("draw", seed, parts["train"], parts["val"], parts["test"], group_by="draw_id",
+                 held_out={"by": "draw_id", "val": sorted(val_d), "test": sorted(test_d)})
+
+
+# --------------------------------------------------------------------------- the estimator
+def build_estimator(config: dict):
+    """The sbi flow with its CNN embedding, rebuilt from ``config`` (shapes + hyper-parameters)."""
+    from sbi.neural_nets import posterior_nn
+
+    shape = config["input_shape"]  # (C, h, w)
+    embedding = build_model({"name": "cnn", "in_shape": shape[1:], "n_targets": config["embedding_dim"],
+                             "dropout": 0.0, "width": config["width"],
+                             **({"in_channels": shape[0]} if shape[0] > 1 else {})})
+    builder = posterior_nn(model=config["flow"], z_score_theta="none", z_score_x="none",
+                           hidden_features=config["hidden_features"], num_transforms=config["num_transforms"],
+                           embedding_net=embedding)
+    gen = torch.Generator().manual_seed(0)
+    theta0 = torch.rand(8, config["n_theta"], generator=gen) * 2 - 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.get("seed", 0))
+        return builder(theta0, torch.randn(8, *shape, generator=gen))
+
+
+# --------------------------------------------------------------------------- the run
+class PosteriorRun:
+    """A trained posterior estimator with its prior box, normalisation, split and OOD statistics."""
+
+    kind = "posterior"
+
+    def __init__(self, path: Path | None, estimator, estimator_config: dict, normalizer: Normalizer, theta: Theta,
+                 split: Split, config: dict, ood: dict, store: str | None, version: str, history: list,
+                 summary: dict, family: dict):
+        self.path, self.estimator, self.estimator_config = path, estimator.eval(), estimator_config
+        self.normalizer, self.theta, self.split, self.config = normalizer, theta, split, config
+        self.ood, self.store, self.version, self.history = ood, store, version, history
+        self.summary, self.family = summary, family
+
+    def __repr__(self) -> str:
+        return f"PosteriorRun(theta={self.theta.names}, split={self.split.kind!r}, path={str(self.path)!r})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.theta.names)
+
+    def state(self) -> dict:
+        return {"format": POSTERIOR_FORMAT, "format_version": POSTERIOR_VERSION, "moirestm_version": self.version,
+                "estimator_config": self.estimator_config, "state_dict": self.estimator.state_dict(),
+                "normalizer": self.normalizer.state(), "theta": self.theta.to_dict(), "split": self.split.to_dict(),
+                "config": self.config, "ood": {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray)
+                                                   else v) for k, v in self.ood.items()},
+                "store": self.store, "history": self.history, "summary": self.summary, "family": self.family}
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write ``posterior.pt`` (atomically) and ``posterior.json``."""
+        directory = Path(path or self.path)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.state(), directory / POSTERIOR_FILE)
+        write_json(directory / "posterior.json", self.info(), "PosteriorRunSummary", overwrite=True)
+        self.path = directory
+        return directory / POSTERIOR_FILE
+
+    def info(self) -> dict:
+        """Readable summary (what ``posterior.json`` holds)."""
+        return {"kind": self.kind, "moirestm_version": self.version, "theta": self.theta.to_dict(),
+                "family": self.family, "config": self.config, "estimator": self.estimator_config,
+                "store": self.store, "split": {"kind": self.split.kind, "seed": self.split.seed,
+                                               "n_train": len(self.split.train), "n_val": len(self.split.val),
+                                               "n_test": len(self.split.test)},
+                "ood": {"threshold": self.ood["threshold"], "false_alarm": self.ood["false_alarm"]},
+                "summary": self.summary, "history": self.history}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PosteriorRun":
+        """Open a posterior run directory (or its ``posterior.pt``) strictly."""
+        path = Path(path)
+        file = path / POSTERIOR_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise MoireSTMError(f"no posterior run at {path} ({POSTERIOR_FILE} not found)")
+        state = _load_checkpoint(file)
+        if not isinstance(state, dict) or state.get("format") != POSTERIOR_FORMAT:
+            raise MoireSTMError(f"{file} does not hold a moirestm posterior run")
+        if state.get("format_version") != POSTERIOR_VERSION:
+            raise MoireSTMError(f"posterior run format version {state.get('format_version')} is not supported "
+                                f"(this moirestm reads version {POSTERIOR_VERSION})")
+        missing = [k for k in ("estimator_config", "state_dict", "normalizer", "theta", "split", "ood")
+                   if k not in state]
+        if missing:
+            raise MoireSTMError(f"posterior run {file} lacks {', '.join(missing)}")
+        if state["estimator_config"].get("n_theta") != len(state["theta"]["names"]):
+            raise MoireSTMError(f"{file}: the estimator infers {state['estimator_config'].get('n_theta')} "
+                                f"parameters but the run records {len(state['theta']['names'])}")
+        estimator = build_estimator(state["estimator_config"])
+        load_strict(estimator, state["state_dict"], where=str(file))
+        ood = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in state["ood"].items()}
+        return cls(file.parent, estimator, state["estimator_config"], Normalizer.from_state(state["normalizer"]),
+                   Theta.from_dict(state["theta"]), Split.from_dict(state["split"]), state.get("config", {}), ood,
+                   state.get("store"), state.get("moirestm_version", "?"), state.get("history", []),
+                   state.get("summary", {}), state.get("family", {}))
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> np.ndarray:
+        """Embeddings ``(n, embedding_dim)`` of normalised inputs."""
+        self.estimator.eval()
+        return torch.cat([self.estimator.embedding_net(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+
+    def ood_scores(self, x: torch.Tensor) -> np.ndarray:
+        """Out-of-family scores of normalised inputs (see :func:`fit_ood`)."""
+        return ood_score(self.ood, self.embed(x), x.reshape(len(x), -1).numpy())
+
+    @torch.no_grad()
+    def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0) -> np.ndarray:
+        """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box."""
+        out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
+        self.estimator.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for i in range(len(x)):
+                cond = x[i:i + 1]
+                kept, need = [], n_samples
+                for _ in range(5):
+                    s = self.estimator.sample(torch.Size([int(need * 1.3) + 8]), condition=cond)[:, 0]
+                    s = s[(s.abs() <= 1).all(dim=1)]
+                    kept.append(s[:need])
+                    need -= len(kept[-1])
+                    if need <= 0:
+                        break
+                if need > 0:  # the flow puts almost all its mass outside the prior: clamp the rest
+                    s = self.estimator.sample(torch.Size([need]), condition=cond)[:, 0].clamp(-1, 1)
+                    kept.append(s)
+                out[i] = torch.cat(kept)[:n_samples].numpy()
+        return out
+
+    def samples(self, images: Sequence[np.ndarray], n_samples: int | None = None, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Physical posterior samples ``(n, n_samples, d)`` and OOD scores ``(n,)`` of raw images."""
+        x = batch_inputs(self.normalizer, images)
+        z = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed)
+        return self.theta.decode(z), self.ood_scores(x)
+
+
+def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
+    """Per-parameter median, mean, q025, q16, q84, q975 of ``(n_samples, d)`` samples, plus the OOD score/flag."""
+    qs = np.quantile(samples, [0.5, *QUANTILES.values()], axis=0)
+    out = {}
+    for j, name in enumerate(names):
+        out[name] = {"median": float(qs[0, j]), "mean": float(samples[:, j].mean()),
+                     **{q: float(qs[1 + i, j]) for i, q in enumerate(QUANTILES)}}
+    out["ood_score"], out["ood"] = float(score), bool(score > threshold)
+    return out
+
+
+def predict_posterior(run: PosteriorRun | str | Path, image, n_samples: int | None = None, seed: int = 0) -> dict:
+    """Posterior summary of one raw image: ``{name: {median, mean, q025, q16, q84, q975}, "ood_score", "ood"}``.
+
+    Bad input (wrong shape or channel count, NaN/inf, negative FT magnitudes) is a MoireSTMError.
+    """
+    run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
+    samples, score = run.samples([image], n_samples, seed)
+    return summarise(samples[0], run.names, float(score[0]), run.ood["threshold"])
+
+
+# --------------------------------------------------------------------------- training
+def infer(store: Any, out: str | Path = "runs/posterior", *, split: Split | None = None, overwrite: bool = False,
+          progress: bool = True, **options) -> PosteriorRun:
+    """Train the amortised posterior on a ``draw`` split of a store with priors.
+
+    Parameters
+    ----------
+    store : store path or open store whose sweep metadata holds ``priors``.
+    out : run directory (created; refused if it holds a run, unless ``overwrite``).
+    split : a :class:`Split` to use instead of a fresh ``draw`` split.
+    **options : :class:`PosteriorConfig` fields (``flow``, ``epochs``, ``max_minutes``, ``point``, ...).
+
+    Returns
+    -------
+    PosteriorRun : saved in ``out``; its ``summary`` holds the validation calibration and, with
+        ``point=True``, the point baseline (``out/point``) and its conformal intervals on the test draws.
+    """
+    unknown = set(options) - set(PosteriorConfig.__dataclass_fields__)
+    if unknown:
+        raise MoireSTMError(f"unknown posterior options: {', '.join(sorted(unknown))}")
+    cfg = PosteriorConfig(**options)
+    _check_config(cfg)
+    st = open_store(store)
+    priors = store_priors(st)
+    out = Path(out)
+    if (out / POSTERIOR_FILE).exists() and not overwrite:
+        raise MoireSTMError(f"{out} already holds a posterior run; pass overwrite")
+    created = not out.exists()
+    output_dir(out)
+    try:
+        return _fit(cfg, st, priors, split, out, progress)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _check_config(cfg: PosteriorConfig) -> None:
+    if cfg.flow not in FLOWS:
+        raise MoireSTMError(f"unknown flow {cfg.flow!r}; choose one of {', '.join(FLOWS)}")
+    for name in ("embedding_dim", "width", "hidden_features", "num_transforms", "epochs", "batch_size",
+                 "patience", "n_samples"):
+        if int(getattr(cfg, name)) < 1:
+            raise MoireSTMError(f"infer: {name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0 < cfg.ood_false_alarm < 0.5:
+        raise MoireSTMError(f"infer: ood_false_alarm must lie in (0, 0.5), got {cfg.ood_false_alarm}")
+    if cfg.lr <= 0:
+        raise MoireSTMError(f"infer: lr must be > 0, got {cfg.lr}")
+
+
+def _family(st, priors: dict) -> dict:
+    sweep = st.sweep_params if not callable(getattr(st, "sweep_params", None)) else st.sweep_params()
+    return {"name": sweep.get("name"), "index": sweep.get("index"), "priors": priors,
+            "prior_seed": sweep.get("prior_seed"), "n_draws": sweep.get("n_draws")}
+
+
+def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path, progress: bool) -> PosteriorRun:
+    torch.manual_seed(cfg.seed)
+    split = split or draw_split(st, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    if not split.train or not split.val:
+        raise MoireSTMError("the draw split has an empty training or validation part")
+    write_json(out / "split.json", split.to_dict(), "Split", overwrite=True)
+    theta = theta_of(st, split.train + split.val + split.test, priors)
+    train_images = [st.image(k) for k in split.train]
+    first = np.asarray(train_images[0])
+    size = cfg.input_size or min(DEFAULT_INPUT_SIZE["cnn"], *first.shape[-2:])
+    y_train = _theta_values(st, split.train, theta)
+    normalizer = Normalizer.fit(train_images, y_train, theta.names,
+                                None if size == first.shape[-1] == first.shape[-2] else size)
+    x_train = batch_inputs(normalizer, train_images)
+    x_val = batch_inputs(normalizer, [st.image(k) for k in split.val])
+    z_train = torch.from_numpy(theta.encode(y_train))
+    z_val = torch.from_numpy(theta.encode(_theta_values(st, split.val, theta)))
+    est_config = {"flow": cfg.flow, "embedding_dim": cfg.embedding_dim, "width": cfg.width,
+                  "hidden_features": cfg.hidden_features, "num_transforms": cfg.num_transforms,
+                  "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
+                  "seed": cfg.seed}
+    estimator = build_estimator(est_config)
+    history, best, t_fit = _train_flow(estimator, cfg, x_train, z_train, x_val, z_val, progress)
+    run = PosteriorRun(out, estimator, est_config, normalizer, theta, split, cfg.to_dict(), {},
+                       str(Path(store_path(st)).resolve()) if store_path(st) else None, __version__, history,
+                       {"best": {**best, "fit_s": t_fit, "n_parameters": count_parameters(estimator)}},
+                       _family(st, priors))
+    run.summary["prior_sd"] = {n: float(s) for n, s in zip(theta.names, y_train.std(axis=0))}
+    run.ood = fit_ood(run, x_train, x_val, cfg.ood_false_alarm)
+    from .calibration import calibration_metrics
+
+    val = calibration_metrics(run, st, split.val, n_samples=cfg.n_samples, seed=cfg.seed)
+    run.summary["val"] = val
+    run.summary["warnings"] = coverage_warnings(val)
+    if cfg.point:
+        run.summary["point"] = point_baseline(st, split, out / POINT_DIR, cfg, progress)
+    run.save(out)
+    return run
+
+
+def _theta_values(st, keys: Sequence[str], theta: Theta) -> np.ndarray:
+    out = np.empty((len(keys), len(theta.names)))
+    for i, k in enumerate(keys):
+        p = st.params(k)
+        for j, n in enumerate(theta.names):
+            if n not in p:
+                raise MoireSTMError(f"sample {k} has no parameter {n!r}: the store does not match the run's prior")
+            out[i, j] = float(p[n])
+    return out
+
+
+def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val, progress: bool):
+    """Maximum-likelihood training with early stopping on the validation draws' mean NLL."""
+    opt = torch.optim.AdamW(estimator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    t0 = time.perf_counter()
+    history, best, bad = [], {"epoch": -1, "val_nll": float("inf")}, 0
+    best_state = copy.deepcopy(estimator.state_dict())
+    stopped = "epochs"
+    for epoch in range(cfg.epochs):
+        lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        estimator.train()
+        order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train)))
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = estimator.loss(z_train[idx], condition=x_train[idx]).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(estimator.parameters(), 5.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+        estimator.eval()
+        with torch.no_grad():
+            val = float(torch.cat([estimator.loss(z_val[i:i + 256], condition=x_val[i:i + 256])
+                                   for i in range(0, len(x_val), 256)]).mean())
+        elapsed = time.perf_counter() - t0
+        history.append({"epoch": epoch, "train_nll": float(np.mean(losses)), "val_nll": val, "time_s": elapsed})
+        if progress:
+            print(f"epoch {epoch}: train NLL {history[-1]['train_nll']:.3f}  val NLL {val:.3f}  ({elapsed:.0f} s)",
+                  flush=True)
+        if val < best["val_nll"]:
+            best, bad = {"epoch": epoch, "val_nll": val, "time_s": elapsed}, 0
+            best_state = copy.deepcopy(estimator.state_dict())
+        else:
+            bad += 1
+        if bad >= cfg.patience:
+            stopped = "early stopping"
+            break
+        if budget is not None and elapsed > budget:
+            stopped = "time budget"
+            break
+    estimator.load_state_dict(best_state)
+    estimator.eval()
+    return history, {**best, "stopped": stopped}, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- out-of-family score
+#: principal components of the normalised input images in the pixel half of the OOD score
+OOD_PCA_COMPONENTS = 16
+
+
+def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    d = np.asarray(features, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, precision, d), 0.0))
+
+
+def _pixel_distance(ood: dict, pixels: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance in the leading principal components plus the reconstruction residual (in
+    units of its training rms)."""
+    centred = np.asarray(pixels, dtype=np.float64) - ood["pix_mean"]
+    coords = centred @ ood["pix_components"].T
+    residual = np.sum(centred**2, axis=1) - np.sum(coords**2, axis=1)
+    maha = _mahalanobis(coords, ood["pca_mean"], ood["pca_precision"])
+    return np.sqrt(maha**2 + np.maximum(residual, 0.0) / ood["residual_ms"])
+
+
+def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """The larger of the embedding and the pixel Mahalanobis distances, each in units of its median
+    on the training draws (so a typical training image scores about 1)."""
+    emb = _mahalanobis(embeddings, ood["emb_mean"], ood["emb_precision"]) / ood["emb_scale"]
+    pix = _pixel_distance(ood, pixels) / ood["pix_scale"]
+    return np.maximum(emb, pix)
+
+
+def fit_ood(run: PosteriorRun, x_train: torch.Tensor, x_val: torch.Tensor, false_alarm: float) -> dict:
+    """Out-of-family statistics of the training draws and the threshold at ``false_alarm`` on the validation draws.
+
+    Two distances: Mahalanobis of the flow's CNN embedding (Ledoit-Wolf covariance) and, because an
+    embedding can map a far-off input (a blank image) near the training cloud, the Mahalanobis
+    distance of the normalised input in its leading ``OOD_PCA_COMPONENTS`` principal components plus
+    the PCA reconstruction residual.
+    """
+    from sklearn.covariance import LedoitWolf
+    from sklearn.decomposition import PCA
+
+    emb = run.embed(x_train)
+    pixels = x_train.reshape(len(x_train), -1).numpy().astype(np.float64)
+    pca = PCA(n_components=min(OOD_PCA_COMPONENTS, len(pixels) - 1, pixels.shape[1]), random_state=0).fit(pixels)
+    coords = (pixels - pca.mean_) @ pca.components_.T
+    lw_emb, lw_pca = LedoitWolf().fit(emb), LedoitWolf().fit(coords)
+    residual = np.sum((pixels - pca.mean_) ** 2, axis=1) - np.sum(coords**2, axis=1)
+    ood = {"emb_mean": lw_emb.location_, "emb_precision": lw_emb.precision_, "emb_scale": 1.0,
+           "pix_mean": pca.mean_, "pix_components": pca.components_, "pca_mean": lw_pca.location_,
+           "pca_precision": lw_pca.precision_, "residual_ms": float(max(np.mean(residual), 1e-12)),
+           "pix_scale": 1.0, "threshold": float("inf"), "false_alarm": float(false_alarm)}
+    ood["emb_scale"] = float(np.median(_mahalanobis(emb, lw_emb.location_, lw_emb.precision_))) or 1.0
+    ood["pix_scale"] = float(np.median(_pixel_distance(ood, pixels))) or 1.0
+    val = ood_score(ood, run.embed(x_val), x_val.reshape(len(x_val), -1).numpy())
+    ood["threshold"] = float(np.quantile(val, 1 - false_alarm))
+    return ood
+
+
+# --------------------------------------------------------------------------- baselines and checks
+def coverage_warnings(metrics: dict) -> list[str]:
+    """A line for every parameter whose 90 % coverage lies outside ``CALIBRATED_90``."""
+    lo, hi = CALIBRATED_90
+    out = []
+    for name, m in metrics["parameters"].items():
+        c = m["coverage"]["0.9"]
+        if not lo <= c <= hi:
+            out.append(f"{name}: 90 % interval coverage {c:.3f} on {metrics['n']} held-out images is outside "
+                       f"{lo}-{hi} (the posterior is {'over' if c > hi else 'under'}-dispersed)")
+    return out
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """Split-conformal quantile: the ``ceil((n + 1) level)``-th smallest score (inf if n is too small)."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    k = int(math.ceil((len(scores) + 1) * level))
+    return float("inf") if k > len(scores) else float(scores[k - 1])
+
+
+def point_baseline(st, split: Split, out: Path, cfg: PosteriorConfig, progress: bool) -> dict:
+    """Today's network + kernel blend on the same split, with a normalised split-conformal interval.
+
+    Conformity score ``|y - mu| / sigma`` (sigma: the run's calibrated sigma) on the validation
+    draws; the interval ``mu +- q sigma`` is checked on the test draws.  The validation draws
+    also set the blend weight and sigma calibration, so exchangeability is approximate.
+    """
+    from .train import train
+
+    t0 = time.perf_counter()
+    point = train(st, "cnn", split=split, out=out, overwrite=True, progress=progress,
+                  targets=[DEFAULT_TARGET], seed=cfg.seed, max_minutes=cfg.point_max_minutes)
+    fit_s = time.perf_counter() - t0
+    mu_val, sd_val = point.predict([st.image(k) for k in split.val])
+    y_val = np.array([float(st.params(k)[DEFAULT_TARGET]) for k in split.val])
+    scores = np.abs(y_val - mu_val[:, 0]) / np.maximum(sd_val[:, 0], 1e-12)
+    return {"run": str(out), "model": point.name, "fit_s": fit_s,
+            "conformal": {str(level): conformal_quantile(scores, level) for level in COVERAGE_LEVELS}}
+
+
+
+
+def predict_source(run: PosteriorRun | str | Path, source: Any, key: str | None = None,
+                   n_samples: int | None = None, seed: int = 0) -> list[dict]:
+    """Posterior summaries of a store's samples (all ok ones, or ``key``), or of a ``.npy``/PNG image,
+    each with ``"source"``."""
+    import os
+
+    from .predict import load_image
+
+    run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is not None and (path.suffix.lower() in (".h5", ".hdf5", ".zarr") or path.is_dir()):
+        st = open_store(path)
+        keys = [key] if key is not None else st.keys(status="ok")
+        if key is not None and key not in st.keys(status="ok"):
+            raise MoireSTMError(f"sample {key!r} is not an ok sample of the store")
+        images, names = [st.image(k) for k in keys], keys
+    else:
+        image, name = load_image(source)
+        images, names = [image], [name]
+    samples, scores = run.samples(images, n_samples, seed)
+    return [{"source": n, **summarise(s, run.names, float(sc), run.ood["threshold"])}
+            for n, s, sc in zip(names, samples, scores)]
+
+
+def is_posterior_run(path: str | Path) -> bool:
+    """Whether ``path`` is a posterior run directory (or its ``posterior.pt``)."""
+    path = Path(path)
+    return (path / POSTERIOR_FILE).is_file() or (path.is_file() and path.name == POSTERIOR_FILE)
+
+
+__all__ = ["PosteriorConfig", "PosteriorRun", "Theta", "infer", "predict_posterior", "summarise", "draw_split",
+           "store_priors", "theta_of", "build_estimator", "fit_ood", "coverage_warnings", "conformal_quantile",
+           "point_baseline", "predict_source", "is_posterior_run", "COVERAGE_LEVELS", "QUANTILES", "N_SAMPLES",
+           "CALIBRATED_90"]
