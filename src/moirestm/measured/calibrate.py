@@ -416,6 +416,65 @@ def calibrate(
     ky in (4 pi/(sqrt 3 a))[-1.1, 1.1] (rows along ky), oriented as the simulation.
     """
     t0 = time.perf_counter()
+    data, (dx, dy), meta = _checked_input(source, pixel_nm, apodisation)
+    warns: list[str] = []
+    # Peaks are refined on the plane-levelled map: line levelling removes the pattern's k_x ~ 0
+    # components and would bias peaks near that axis. The line-levelled map is searched only
+    # when line noise hides the constellation in the plane-levelled one.
+    levelled = level_plane(data)
+    spec = _Spectrum(levelled, (dx, dy))
+    line_search = _Spectrum(level_lines(levelled, line_order), (dx, dy)) if line_order >= 0 else spec
+    bragg = _bragg_peaks(spec, line_search, dx, dy, warns)
+    atoms = bragg is not None
+    scale_guess = float(np.mean(np.hypot(bragg[:, 0], bragg[:, 1]))) / BRAGG_NM if atoms else 1.0
+    moire = _moire_peaks(spec, line_search, scale_guess, twist_range_deg)
+    mirrored, layer_known, drift_rms = False, False, 0.0
+    if atoms:
+        bragg, mirrored, layer_known = _assign_layer(spec, bragg, moire, warns)
+        if drift_correction:
+            levelled, spec, bragg, moire, drift_rms = _correct_drift(levelled, (dx, dy), bragg, moire,
+                                                                   drift_length_nm)
+    elif drift_correction:
+        warns.append("drift correction skipped: it needs resolved atomic Bragg peaks")
+    frame = _frame(spec, bragg, moire, mirrored, warns)
+
+    # --- model-ready image -----------------------------------------------------------------
+    levelled = level_lines(levelled, line_order)
+    image, kx, ky, coverage = resample_ft(levelled, (dx, dy), frame["affine"], size=size, apodisation=apodisation)
+    if coverage < 0.999:
+        warns.append(f"only {100 * coverage:.0f}% of the simulated FT window lies below the map's Nyquist limit")
+    mean = float(image.mean())
+    if mean > 0:
+        image = image / mean * (1.0 if intensity_scale is None else float(intensity_scale))
+    report = CalibrationReport(
+        twist_angle_deg=frame["twist"],
+        twist_uncertainty_deg=frame["sigma"],
+        twist_per_direction_deg=[float(v) for v in frame["twist_j"]],
+        moire_period_nm=frame["period"],
+        moire_period_uncertainty_nm=frame["period_sigma"],
+        atoms_resolved=atoms,
+        pixel_scale=frame["scale"],
+        sample_rotation_deg=float(frame["sample_rotation"]),
+        mirrored=bool(mirrored),
+        affine_nm=frame["affine"].tolist(),
+        moire_orientation_deg=frame["moire_orient"],
+        bragg_peaks_nm=[] if bragg is None else bragg.tolist(),
+        moire_peaks_nm=moire.tolist(),
+        layer_determined=bool(layer_known),
+        drift_corrected=bool(atoms and drift_correction),
+        drift_rms_nm=drift_rms,
+        ft_coverage=coverage,
+        kx_nm=kx.tolist(),
+        ky_nm=ky.tolist(),
+        source=meta,
+        warnings=warns,
+        wall_time_s=time.perf_counter() - t0,
+    )
+    return Calibrated(image.astype(np.float32), kx, ky, report, levelled)
+
+
+def _checked_input(source, pixel_nm, apodisation: str):
+    """The map, its pixel size (dx, dy) in nm and the source metadata, checked."""
     if isinstance(source, STMImage):
         data = source.data
         pixel = source.pixel_nm if pixel_nm is None else pixel_nm
@@ -437,16 +496,11 @@ def calibrate(
         raise MoireSTMError("the map holds non-finite values")
     if apodisation not in ("hann", "none"):
         raise MoireSTMError(f"apodisation must be 'hann' or 'none', got {apodisation!r}")
-    warns: list[str] = []
+    return data, (dx, dy), meta
 
-    # Peaks are refined on the plane-levelled map: line levelling removes the pattern's k_x ~ 0
-    # components and would bias peaks near that axis. The line-levelled map is searched only
-    # when line noise hides the constellation in the plane-levelled one.
-    levelled = level_plane(data)
-    spec = _Spectrum(levelled, (dx, dy))
-    line_search = _Spectrum(level_lines(levelled, line_order), (dx, dy)) if line_order >= 0 else spec
 
-    # --- atomic Bragg peaks (one layer) -----------------------------------------------
+def _bragg_peaks(spec, line_search, dx: float, dy: float, warns: list) -> np.ndarray | None:
+    """The six atomic Bragg peaks of one layer (nm^-1), or None (with a warning) when unresolved."""
     bragg = None
     b_lo, b_hi = (f * BRAGG_NM for f in BRAGG_SEARCH_FRACTION)
     if b_hi < spec.k_nyquist:
@@ -463,10 +517,11 @@ def calibrate(
     else:
         warns.append(f"atoms not resolved (pixel {max(dx, dy):.3f} nm > {math.pi / b_hi:.3f} nm): "
                      "scale from the file calibration, FT window only partly covered")
-    atoms = bragg is not None
-    scale_guess = float(np.mean(np.hypot(bragg[:, 0], bragg[:, 1]))) / BRAGG_NM if atoms else 1.0
+    return bragg
 
-    # --- moiré peaks -----------------------------------------------------------------
+
+def _moire_peaks(spec, line_search, scale_guess: float, twist_range_deg) -> np.ndarray:
+    """The six moiré peaks (nm^-1), refined; MoireSTMError when none stand out of the noise."""
     t_lo, t_hi = twist_range_deg
     m_lo = max(2.0 * math.sin(math.radians(t_lo) / 2) * BRAGG_NM * scale_guess * 0.8, 2.5 * spec.dk)
     m_hi = 2.0 * math.sin(math.radians(t_hi) / 2) * BRAGG_NM * scale_guess * 1.2
@@ -487,47 +542,52 @@ def calibrate(
     if weakest < MOIRE_MIN_SNR * search.noise_power:
         raise MoireSTMError(f"no significant moiré peaks for twist angles {t_lo}-{t_hi}° (weakest candidate "
                             f"{weakest / search.noise_power:.0f}x the noise power, need {MOIRE_MIN_SNR:.0f}x)")
-    moire = np.array([spec.refine(m)[0] for m in moire])
+    return _refined(spec, moire)
 
-    def refine_bragg(spec_, start):
-        return np.array([spec_.refine(b)[0] for b in start])
 
-    mirrored, layer_known = False, False
-    drift_rms = 0.0
-    if atoms:
-        bragg = refine_bragg(spec, bragg)
-        # layer consistency: the partner of each Bragg peak is one moiré vector away
-        labels, partners = [], []
-        for p in bragg:
-            g = moire[np.argmin([abs(np.dot(p, m)) / np.linalg.norm(m) for m in moire])]
-            g = g if _cross(p, g) > 0 else -g
-            p_plus, pw_plus = spec.refine(p + g)
-            p_minus, pw_minus = spec.refine(p - g)
-            ratio = pw_minus / max(pw_plus, 1e-300)
-            labels.append(1 if ratio > LAYER_RATIO else (-1 if ratio < 1 / LAYER_RATIO else 0))
-            partners.append((p_minus, p_plus))
-        vote = sum(labels)
-        layer_known = vote != 0
-        sign = 1 if vote >= 0 else -1
-        if not layer_known:
-            warns.append("layer handedness of the Bragg peaks undetermined; assumed counter-clockwise (top)")
-        for j, lab in enumerate(labels):
-            if lab == -sign:  # this sector picked the other layer: switch to its partner
-                bragg[j] = partners[j][0] if lab == 1 else partners[j][1]
-        mirrored = sign < 0
-        if drift_correction:
-            period_guess = 4 * math.pi / (math.sqrt(3) * float(np.mean(np.hypot(moire[:, 0], moire[:, 1]))))
-            length = period_guess * DRIFT_LENGTH_FRACTION if drift_length_nm is None else float(drift_length_nm)
-            corrected, u = lawler_fujita(levelled, (dx, dy), bragg, sigma_nm=length)
-            drift_rms = float(np.sqrt(np.mean(np.sum(u**2, axis=-1))))
-            levelled = corrected
-            spec = _Spectrum(levelled, (dx, dy))
-            bragg = refine_bragg(spec, bragg)
-            moire = np.array([spec.refine(m)[0] for m in moire])
-    elif drift_correction:
-        warns.append("drift correction skipped: it needs resolved atomic Bragg peaks")
+def _refined(spec, peaks) -> np.ndarray:
+    """Each peak position refined on ``spec``."""
+    return np.array([spec.refine(p)[0] for p in peaks])
 
-    # --- affine calibration and twist angle ---------------------------------------------
+
+def _assign_layer(spec, bragg, moire, warns: list):
+    """Bragg peaks of one layer (the partner one moiré vector away decides), mirrored, layer known."""
+    bragg = _refined(spec, bragg)
+    # layer consistency: the partner of each Bragg peak is one moiré vector away
+    labels, partners = [], []
+    for p in bragg:
+        g = moire[np.argmin([abs(np.dot(p, m)) / np.linalg.norm(m) for m in moire])]
+        g = g if _cross(p, g) > 0 else -g
+        p_plus, pw_plus = spec.refine(p + g)
+        p_minus, pw_minus = spec.refine(p - g)
+        ratio = pw_minus / max(pw_plus, 1e-300)
+        labels.append(1 if ratio > LAYER_RATIO else (-1 if ratio < 1 / LAYER_RATIO else 0))
+        partners.append((p_minus, p_plus))
+    vote = sum(labels)
+    layer_known = vote != 0
+    sign = 1 if vote >= 0 else -1
+    if not layer_known:
+        warns.append("layer handedness of the Bragg peaks undetermined; assumed counter-clockwise (top)")
+    for j, lab in enumerate(labels):
+        if lab == -sign:  # this sector picked the other layer: switch to its partner
+            bragg[j] = partners[j][0] if lab == 1 else partners[j][1]
+    mirrored = sign < 0
+    return bragg, mirrored, layer_known
+
+
+def _correct_drift(levelled, pixel, bragg, moire, drift_length_nm):
+    """Lawler-Fujita drift correction; the corrected map, its spectrum, re-refined peaks, rms drift (nm)."""
+    period_guess = 4 * math.pi / (math.sqrt(3) * float(np.mean(np.hypot(moire[:, 0], moire[:, 1]))))
+    length = period_guess * DRIFT_LENGTH_FRACTION if drift_length_nm is None else float(drift_length_nm)
+    corrected, u = lawler_fujita(levelled, pixel, bragg, sigma_nm=length)
+    drift_rms = float(np.sqrt(np.mean(np.sum(u**2, axis=-1))))
+    spec = _Spectrum(corrected, pixel)
+    return corrected, spec, _refined(spec, bragg), _refined(spec, moire), drift_rms
+
+
+def _frame(spec, bragg, moire, mirrored: bool, warns: list) -> dict:
+    """Affine map of the scan frame onto the simulation's, twist angle with its uncertainty, moiré period."""
+    atoms = bragg is not None
     moire_pw = [abs(spec.dtft(m)) ** 2 for m in moire]
     sig_k = np.array([spec.position_sigma_nm(p) for p in moire_pw])
     if atoms:
@@ -568,40 +628,9 @@ def calibrate(
     rot = u_svd @ vt_svd
     # q = M k with M ~ s R(-phi): the sample lattice is rotated by phi relative to the scan frame
     sample_rotation = _wrap(-_angle_deg(rot[:, 0]) if np.linalg.det(rot) > 0 else _angle_deg(rot[:, 0]))
-
-    # --- model-ready image -----------------------------------------------------------------
-    levelled = level_lines(levelled, line_order)
-    image, kx, ky, coverage = resample_ft(levelled, (dx, dy), m_aff, size=size, apodisation=apodisation)
-    if coverage < 0.999:
-        warns.append(f"only {100 * coverage:.0f}% of the simulated FT window lies below the map's Nyquist limit")
-    mean = float(image.mean())
-    if mean > 0:
-        image = image / mean * (1.0 if intensity_scale is None else float(intensity_scale))
-    report = CalibrationReport(
-        twist_angle_deg=twist,
-        twist_uncertainty_deg=sigma,
-        twist_per_direction_deg=[float(v) for v in twist_j],
-        moire_period_nm=period,
-        moire_period_uncertainty_nm=period_sigma,
-        atoms_resolved=atoms,
-        pixel_scale=scale,
-        sample_rotation_deg=float(sample_rotation),
-        mirrored=bool(mirrored),
-        affine_nm=m_aff.tolist(),
-        moire_orientation_deg=moire_orient,
-        bragg_peaks_nm=[] if bragg is None else bragg.tolist(),
-        moire_peaks_nm=moire.tolist(),
-        layer_determined=bool(layer_known),
-        drift_corrected=bool(atoms and drift_correction),
-        drift_rms_nm=drift_rms,
-        ft_coverage=coverage,
-        kx_nm=kx.tolist(),
-        ky_nm=ky.tolist(),
-        source=meta,
-        warnings=warns,
-        wall_time_s=time.perf_counter() - t0,
-    )
-    return Calibrated(image.astype(np.float32), kx, ky, report, levelled)
+    return {"affine": m_aff, "twist": twist, "sigma": sigma, "twist_j": twist_j, "period": period,
+            "period_sigma": period_sigma, "scale": scale, "moire_orient": moire_orient,
+            "sample_rotation": sample_rotation}
 
 
 def resample_ft(image: np.ndarray, pixel_nm: tuple[float, float], affine: np.ndarray, size: int = FT_IMAGE_SIZE,
