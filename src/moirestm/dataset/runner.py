@@ -60,7 +60,7 @@ def open_store(sweep: Sweep, out) -> Store:
             store.add_history("extend", sweep=sweep.name, definition=sweep.definition)
         return store
     return Store.create(out, {"sweep": sweep.name, "definition": sweep.definition,
-                              "summary": sweep.summary()})
+                              "summary": sweep.summary(), **sweep.prior_records()})
 
 
 def _task_cost(task: dict) -> float:

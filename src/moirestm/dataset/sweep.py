@@ -16,12 +16,22 @@ A sweep file (see docs/datasets.md)::
     [solver]                           # extra keyword arguments of meanfield.solve
     [stm]                              # keyword arguments of observables.stm_map (enabled = false skips it)
     [ft]                               # keyword arguments of observables.ftldos.ft_ldos
+    n_draws = 256                      # with [priors]: draws of the unknowns (scrambled Sobol, seed prior_seed)
+    prior_seed = 0
+    u_jitter = true                    # shift each draw's U values by its own fraction of the U step
+    [priors]                           # parameter = prior (see moirestm.dataset.priors)
+    dielectric = { dist = "uniform", low = 4.0, high = 10.0 }
 
 Samples sharing everything but U, bias and broadening form one task: the U values are
 solved in order, each warm-started from the previous solution, and every bias/broadening is
 evaluated from each solution. ``chain_length`` splits long chains into blocks (each block starts
 afresh at its first U), trading a few extra iterations for parallelism over many workers and for
 finer-grained results when a run is interrupted; it is recorded in each sample's parameters.
+
+With ``[priors]``, every draw is crossed with the U axis (and any other axis): one draw of one
+combination is one task, so U-continuation chains keep their warm starts. Each sample records
+``draw_id`` and the drawn values under their registry names; drawn bias/broadening replace those
+lists for the draw's task, a drawn gate distance goes into the task's interaction.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import numpy as np
 from ..constants import (DIELECTRIC_CONSTANT, FT_IMAGE_SIZE, INTERLAYER_DISTANCE_NM, LDOS_KGRID,
                          REFERENCE_INDEX, SCF_KGRID, TEMPERATURE_K)
 from ..errors import MoireSTMError
+from .priors import EXTRA_DRAWABLE, draw, parse_priors, resolve_distance
 from .store import sample_key
 
 try:  # Python >= 3.11
@@ -66,7 +77,9 @@ INTEGER_AXES = ("index", "scf_kgrid", "ldos_kgrid")
 FIXED_EXTRAS = {"start": "afm", "seed": 0}
 CONTINUATIONS = ("descending", "ascending", "none")
 TOP_LEVEL = {"name", "description", "continuation", "chain_length", "engine", "fixed", "axes",
-             "interaction", "solver", "stm", "ft"}
+             "interaction", "solver", "stm", "ft", "priors", "n_draws", "prior_seed", "u_jitter"}
+#: Parameters that vary inside one task (not part of a chain's base).
+PER_SAMPLE = ("hubbard_u_ev", "bias_ev", "broadening_ev")
 #: Largest number of samples a sweep may define (guards against typos like step = 1e-6).
 MAX_SAMPLES = 1_000_000
 
@@ -171,6 +184,8 @@ class Sweep:
     chain_length : U values per task (None: the whole chain in one task).
     engine : "meanfield" or "module:function" computing one task.
     interaction, solver, stm, ft : option tables passed to the pipeline stages.
+    priors : drawn parameter -> :class:`~moirestm.dataset.priors.Prior` (empty: a plain grid).
+    n_draws, prior_seed, u_jitter : the Sobol design over the priors.
     """
 
     name: str
@@ -184,6 +199,10 @@ class Sweep:
     stm: dict = field(default_factory=dict)
     ft: dict = field(default_factory=dict)
     definition: dict = field(default_factory=dict)
+    priors: dict = field(default_factory=dict)
+    n_draws: int = 0
+    prior_seed: int = 0
+    u_jitter: bool = False
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -216,8 +235,30 @@ class Sweep:
         merged = {**fixed, **axes}
         if "mu_ev" in merged and "filling" in merged:
             raise MoireSTMError("give either filling or mu_ev, not both")
+        priors, design = {}, {"n_draws": 0, "prior_seed": 0, "u_jitter": False}
+        if "priors" in spec:
+            priors = parse_priors(spec["priors"], spec.get("n_draws"), set(merged),
+                                  (set(AXES) | set(EXTRA_DRAWABLE)) - {"hubbard_u_ev"})
+            seed = spec.get("prior_seed", 0)
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise MoireSTMError(f"prior_seed must be a non-negative integer, got {seed!r}")
+            jitter = spec.get("u_jitter", False)
+            if not isinstance(jitter, bool):
+                raise MoireSTMError(f"u_jitter must be true or false, got {jitter!r}")
+            if "gate_distance_nm" in priors and "gate_distance_nm" in spec.get("interaction", {}):
+                raise MoireSTMError("prior gate_distance_nm: also given in [interaction]; give it once")
+            design = {"n_draws": spec["n_draws"], "prior_seed": seed, "u_jitter": jitter}
+        else:
+            for name in ("n_draws", "prior_seed", "u_jitter"):
+                if name in spec:
+                    raise MoireSTMError(f"{name} needs a [priors] table")
+        drawn = set(priors) | ({"distance_nm"} if "pressure_gpa" in priors else set())
+        if "mu_ev" in priors:
+            drawn.add("filling")
         values = {}
         for name, default in {**AXES, **FIXED_EXTRAS}.items():
+            if name in drawn:
+                continue
             if name == "filling" and "mu_ev" in merged:
                 continue
             if name == "mu_ev" and "mu_ev" not in merged:
@@ -245,7 +286,9 @@ class Sweep:
         for forbidden in ("hubbard_u_ev", "dielectric"):
             if forbidden in tables["interaction"]:
                 raise MoireSTMError(f"set {forbidden} in [fixed] or [axes], not in [interaction]")
-        sweep = cls(name=str(spec.get("name", "sweep")), values=values,
+        if design["u_jitter"] and len(values["hubbard_u_ev"]) < 2:
+            raise MoireSTMError("u_jitter needs a hubbard_u_ev axis of at least two values")
+        sweep = cls(name=str(spec.get("name", "sweep")), values=values, priors=priors, **design,
                     description=str(spec.get("description", "")), continuation=continuation,
                     chain_length=chain_length, engine=engine, interaction=tables["interaction"], solver=tables["solver"],
                     stm={**STM_DEFAULTS, **tables["stm"]}, ft={**FT_DEFAULTS, **tables["ft"]},
@@ -277,45 +320,96 @@ class Sweep:
     # ----------------------------------------------------------------- plan
     @property
     def n_samples(self) -> int:
-        return int(np.prod([len(v) for v in self.values.values()]))
+        return int(np.prod([len(v) for v in self.values.values()])) * max(1, self.n_draws)
 
     @property
     def axes(self) -> dict:
         """Parameters with more than one value."""
         return {k: v for k, v in self.values.items() if len(v) > 1}
 
+    def draws(self) -> list[dict]:
+        """The design's draws ``{name: value}`` (``"u_jitter"`` too when jittered); ``[{}]`` without priors."""
+        if not self.priors:
+            return [{}]
+        return draw(self.priors, self.n_draws, self.prior_seed, self.u_jitter)
+
+    def prior_records(self) -> dict:
+        """The store metadata of the design: ``priors`` (name -> record), ``n_draws``, ``prior_seed``, ``u_jitter``."""
+        if not self.priors:
+            return {}
+        magic = None
+        if any(p.around for p in self.priors.values()):
+            index = self.priors["index"].values if "index" in self.priors else self.values["index"]
+            magic = [resolve_magic_distance(i)[0] for i in index]
+        return {"priors": {n: p.record(magic) for n, p in self.priors.items()}, "n_draws": self.n_draws,
+                "prior_seed": self.prior_seed, "u_jitter": self.u_jitter}
+
+    def _u_values(self, jitter: float | None) -> list[float]:
+        """The U axis in chain order, shifted by ``jitter`` U steps (reflected into the valid range)."""
+        from ..parameters import parameter
+
+        u_values = sorted(self.values["hubbard_u_ev"])
+        if jitter is not None:
+            p, step = parameter("hubbard_u_ev"), float(np.min(np.diff(u_values)))
+            shifted = [u + jitter * step for u in u_values]
+            shifted = [2 * p.low - u if u < p.low else 2 * p.high - u if u > p.high else u for u in shifted]
+            u_values = sorted(round(u, 9) for u in shifted)
+        return u_values[::-1] if self.continuation == "descending" else u_values
+
+    def _drawn_base(self, base: dict, drawn: dict) -> dict:
+        """``base`` with the draw's chain-level values (distance or pressure resolved to distance_nm)."""
+        base = dict(base)
+        for name, value in drawn.items():
+            if name not in PER_SAMPLE and name not in ("distance_nm", "pressure_gpa", "u_jitter"):
+                base[name] = value
+        for name in ("distance_nm", "pressure_gpa"):
+            if name in drawn:
+                base.update(resolve_distance(self.priors[name], drawn[name], base["index"],
+                                             lambda i: resolve_magic_distance(i)[0]))
+        return base
+
     def tasks(self) -> list[dict]:
         """Independent units of work; each lists its samples (params and key)."""
-        chain_names = [n for n in self.values if n not in ("hubbard_u_ev", "bias_ev", "broadening_ev")]
-        u_values = sorted(self.values["hubbard_u_ev"], reverse=self.continuation == "descending")
+        chain_names = [n for n in self.values if n not in PER_SAMPLE]
         tasks = []
-        for combo in itertools.product(*(self.values[n] for n in chain_names)):
-            base = dict(zip(chain_names, combo))
-            if base.get("distance_nm") == "magic":
-                base["distance_nm"], base["distance_source"] = resolve_magic_distance(base["index"])
-            block = 1 if self.continuation == "none" else (self.chain_length or len(u_values))
-            chains = [u_values[i:i + block] for i in range(0, len(u_values), block)]
-            for chain in chains:
-                samples = []
-                for u in chain:
-                    for br in self.values["broadening_ev"]:
-                        for bias in self.values["bias_ev"]:
-                            params = self.sample_params(base, u, bias, br)
-                            samples.append({"key": sample_key(params), "params": params})
-                tasks.append({"base": base, "u_values": list(chain),
-                              "bias_ev": list(self.values["bias_ev"]),
-                              "broadening_ev": list(self.values["broadening_ev"]),
-                              "continuation": self.continuation, "engine": self.engine,
-                              "interaction": self.interaction, "solver": self.solver,
-                              "stm": self.stm, "ft": self.ft, "samples": samples})
+        for draw_id, drawn in enumerate(self.draws()):
+            u_values = self._u_values(drawn.get("u_jitter"))
+            biases = [drawn["bias_ev"]] if "bias_ev" in drawn else list(self.values["bias_ev"])
+            broadenings = ([drawn["broadening_ev"]] if "broadening_ev" in drawn
+                           else list(self.values["broadening_ev"]))
+            interaction = dict(self.interaction)
+            if "gate_distance_nm" in drawn:
+                interaction["gate_distance_nm"] = drawn["gate_distance_nm"]
+            for combo in itertools.product(*(self.values[n] for n in chain_names)):
+                base = dict(zip(chain_names, combo))
+                if self.priors:
+                    base = {"draw_id": draw_id, **self._drawn_base(base, drawn)}
+                    if "u_jitter" in drawn:
+                        base["u_jitter"] = drawn["u_jitter"]
+                if base.get("distance_nm") == "magic":
+                    base["distance_nm"], base["distance_source"] = resolve_magic_distance(base["index"])
+                block = 1 if self.continuation == "none" else (self.chain_length or len(u_values))
+                for i in range(0, len(u_values), block):
+                    chain = u_values[i:i + block]
+                    samples = []
+                    for u in chain:
+                        for br in broadenings:
+                            for bias in biases:
+                                params = self.sample_params(base, u, bias, br, interaction)
+                                samples.append({"key": sample_key(params), "params": params})
+                    tasks.append({"base": base, "u_values": list(chain), "bias_ev": biases,
+                                  "broadening_ev": broadenings, "continuation": self.continuation,
+                                  "engine": self.engine, "interaction": interaction, "solver": self.solver,
+                                  "stm": self.stm, "ft": self.ft, "samples": samples})
         return tasks
 
-    def sample_params(self, base: dict, u: float, bias: float, broadening: float) -> dict:
+    def sample_params(self, base: dict, u: float, bias: float, broadening: float,
+                      interaction: dict | None = None) -> dict:
         """Every parameter of one sample (the hash of this dict is its key)."""
         params = {**base, "hubbard_u_ev": u, "bias_ev": bias, "broadening_ev": broadening,
                   "continuation": self.continuation, "engine": self.engine,
-                  "interaction": self.interaction, "solver": self.solver, "stm": self.stm,
-                  "ft": self.ft}
+                  "interaction": self.interaction if interaction is None else interaction,
+                  "solver": self.solver, "stm": self.stm, "ft": self.ft}
         if self.chain_length is not None and self.continuation != "none":
             params["chain_length"] = self.chain_length  # absent by default, so older stores keep their keys
         return params
@@ -325,7 +419,9 @@ class Sweep:
         return {"name": self.name, "description": self.description, "n_samples": self.n_samples,
                 "axes": {k: [v[0], v[-1], len(v)] for k, v in self.axes.items()},
                 "fixed": {k: v[0] for k, v in self.values.items() if len(v) == 1},
-                "continuation": self.continuation, "chain_length": self.chain_length, "engine": self.engine}
+                "continuation": self.continuation, "chain_length": self.chain_length, "engine": self.engine,
+                **({"priors": {n: dict(p.spec) for n, p in self.priors.items()}, "n_draws": self.n_draws,
+                    "prior_seed": self.prior_seed, "u_jitter": self.u_jitter} if self.priors else {})}
 
 
 def magic_cache_path() -> Path:
