@@ -153,3 +153,50 @@ def test_parameter_as_axis_and_prior_is_refused():
         Sweep.from_dict(spec)
     with pytest.raises(MoireSTMError, match="n_draws needs a \\[priors\\] table"):
         Sweep.from_dict({"axes": {"hubbard_u_ev": [0.0, 1.0]}, "n_draws": 4})
+
+
+class _DrawStore:
+    """In-memory store: 20 draws x 6 U values (jittered per draw), one image each."""
+
+    def __init__(self, n_draws=20, n_u=6, draw_ids=True):
+        self._params = {}
+        for d in range(n_draws):
+            for j in range(n_u):
+                p = {"hubbard_u_ev": round(0.5 * j + 0.01 * d, 9), "dielectric": 4.0 + 0.3 * d}
+                if draw_ids:
+                    p["draw_id"] = d
+                self._params[f"k{d:02d}{j}"] = p
+
+    def keys(self, status="ok"):
+        return sorted(self._params)
+
+    def params(self, key):
+        return dict(self._params[key])
+
+    def image(self, key):
+        return np.zeros((4, 4), np.float32)
+
+
+def test_draw_split_leaks_no_draw():
+    from moirestm.learn.data import Split, make_split
+
+    store = _DrawStore()
+    split = make_split(store, "draw", seed=3)
+    ids = {part: {store.params(k)["draw_id"] for k in split.keys(part)} for part in ("train", "val", "test")}
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert len(ids["test"]) == len(ids["val"]) == 3 and len(split.train) == 14 * 6
+    assert split.held_out["test"] == sorted(ids["test"]) and split.group_by == "draw_id"
+    nuisance = {part: {store.params(k)["dielectric"] for k in split.keys(part)} for part in ("train", "test")}
+    assert not nuisance["train"] & nuisance["test"]  # no test image shares its nuisance values with training
+    assert Split.from_dict(split.to_dict()) == split  # saved with the run as the other splits
+    assert make_split(store, "draw", seed=3) == split and make_split(store, "draw", seed=4) != split
+    # combined with the U grouping: held-out draws at held-out U values only
+    both = make_split(store, "draw_group", seed=3)
+    u = {part: {store.params(k)["hubbard_u_ev"] for k in both.keys(part)} for part in ("train", "val", "test")}
+    d = {part: {store.params(k)["draw_id"] for k in both.keys(part)} for part in ("train", "val", "test")}
+    assert not (u["train"] & u["test"] or d["train"] & d["test"] or d["train"] & d["val"])
+    assert both.held_out["unused"] == 120 - sum(len(both.keys(p)) for p in ("train", "val", "test")) > 0
+    with pytest.raises(MoireSTMError, match="draw_id"):
+        make_split(_DrawStore(draw_ids=False), "draw")
+    with pytest.raises(MoireSTMError, match="only 2 draws"):
+        make_split(_DrawStore(n_draws=2), "draw")

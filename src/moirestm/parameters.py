@@ -228,7 +228,8 @@ _ENTRIES = [
        help="stop after this many tasks (timing runs)"),
     # ---------------------------------------------------------------- learning
     _s("model", "cnn", ("mlp", "cnn", "resnet18"), "network architecture"),
-    _s("split", "group", ("random", "group", "interpolate", "extrapolate", "filling"), "train/val/test split"),
+    _s("split", "group", ("random", "group", "interpolate", "extrapolate", "filling", "draw", "draw_group"),
+       "train/val/test split"),
     _p("epochs", "", 60, _NUMERIC, 1, 100_000, kind="int", help="maximum training epochs"),
     _p("batch_size", "", 16, _NUMERIC, 1, 65_536, kind="int", help="training batch size"),
     _p("lr", "", 2e-3, "AdamW default scale (Loshchilov & Hutter, ICLR 2019)", 0.0, 10.0, low_open=True,

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from ..errors import MoireSTMError
 
 DEFAULT_TARGET = "hubbard_u_ev"
-SPLITS = ("random", "group", "interpolate", "extrapolate", "filling")
+SPLITS = ("random", "group", "interpolate", "extrapolate", "filling", "draw", "draw_group")
 
 
 # --------------------------------------------------------------------------- store access
@@ -230,7 +230,12 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
         training, so the test is not an extrapolation, unless too few values are left to draw
         from: ``held_out["ends"]`` says which), ``interpolate`` (held-out *intermediate* values; the
         two ends stay in training), ``extrapolate`` (held-out ends: test = lowest and highest
-        values, validation the next ones inward), ``filling`` (whole fillings held out).
+        values, validation the next ones inward), ``filling`` (whole fillings held out), ``draw``
+        (whole prior draws, ``draw_id``, held out: no held-out image shares its nuisance values with a
+        training image), ``draw_group`` (held-out draws *and* held-out values of ``target`` as in
+        ``group``: val/test keep the samples of their draws at their values, training those of the
+        training draws at the other values; samples in neither are left out, counted in
+        ``held_out["unused"]``).
     seed : fixes the draw.
     target : parameter whose values define the groups (``filling`` for ``kind="filling"``).
     """
@@ -240,6 +245,8 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
     if len(keys) < 3:
         raise MoireSTMError(f"the store has {len(keys)} usable samples; at least 3 are needed")
     rng = np.random.default_rng(seed)
+    if kind in ("draw", "draw_group"):
+        return _draw_split(store, keys, kind, seed, rng, target, val_fraction, test_fraction)
     if kind == "random":
         perm = [keys[i] for i in rng.permutation(len(keys))]
         n_val, n_test = _counts(len(keys), val_fraction, test_fraction)
@@ -284,6 +291,40 @@ def make_split(store, kind: str = "group", seed: int = 0, target: str = DEFAULT_
         (test if v in test_set else val if v in val_set else train).append(key)
     held = {"by": group_by, "val": sorted(val_set), "test": sorted(test_set), **({"ends": ends} if ends else {})}
     return Split(kind, seed, train=train, val=val, test=test, group_by=group_by, held_out=held)
+
+
+def _draw_split(store, keys, kind, seed, rng, target, val_fraction, test_fraction) -> Split:
+    """Whole draws held out (``draw``), crossed with held-out ``target`` values (``draw_group``)."""
+    ids = []
+    for key in keys:
+        params = store.params(key)
+        if "draw_id" not in params:
+            raise MoireSTMError(f"split {kind!r}: sample {key} has no draw_id; a draw split needs a store "
+                                "drawn from priors (a [priors] table in the sweep)")
+        ids.append(int(params["draw_id"]))
+    ids = np.asarray(ids)
+    draws = np.unique(ids)
+    try:
+        n_val, n_test = _counts(len(draws), val_fraction, test_fraction)
+    except MoireSTMError:
+        raise MoireSTMError(f"split {kind!r}: only {len(draws)} draws, too few for a train/val/test split") from None
+    perm = draws[rng.permutation(len(draws))]
+    test_d, val_d = set(perm[:n_test].tolist()), set(perm[n_test:n_test + n_val].tolist())
+    part_of_draw = np.array(["test" if d in test_d else "val" if d in val_d else "train" for d in ids])
+    held = {"by": "draw_id", "val": sorted(val_d), "test": sorted(test_d)}
+    if kind == "draw_group":
+        inner = make_split(store, "group", seed=seed, target=target, val_fraction=val_fraction,
+                           test_fraction=test_fraction)
+        part_of_value = {k: part for part in ("train", "val", "test") for k in inner.keys(part)}
+        part_of_draw = np.array([p if part_of_value[k] == p else "unused" for k, p in zip(keys, part_of_draw)])
+        held.update(values={"by": target, "val": inner.held_out["val"], "test": inner.held_out["test"]},
+                    unused=int(np.sum(part_of_draw == "unused")))
+    parts = {p: [k for k, q in zip(keys, part_of_draw) if q == p] for p in ("train", "val", "test")}
+    if not all(parts.values()):
+        raise MoireSTMError(f"split {kind!r}: a part is empty ({ {p: len(v) for p, v in parts.items()} }); "
+                            "more draws or values are needed")
+    return Split(kind, seed, train=parts["train"], val=parts["val"], test=parts["test"], group_by="draw_id",
+                 held_out=held)
 
 
 # --------------------------------------------------------------------------- normalisation
