@@ -64,8 +64,10 @@ class PosteriorConfig:
     """Hyper-parameters of :func:`infer` (all saved with the run)."""
 
     flow: str = "nsf"
+    embedding: str = "cnn"
     embedding_dim: int = 32
     width: int = 16
+    dropout: float = 0.0
     hidden_features: int = 64
     num_transforms: int = 4
     epochs: int = 300
@@ -203,8 +205,9 @@ def build_estimator(config: dict):
     from sbi.neural_nets import posterior_nn
 
     shape = config["input_shape"]  # (C, h, w)
-    embedding = build_model({"name": "cnn", "in_shape": shape[1:], "n_targets": config["embedding_dim"],
-                             "dropout": 0.0, "width": config["width"],
+    options = {"width": config["width"]} if config.get("embedding", "cnn") != "mlp" else {}
+    embedding = build_model({"name": config.get("embedding", "cnn"), "in_shape": shape[1:],
+                             "n_targets": config["embedding_dim"], "dropout": config.get("dropout", 0.0), **options,
                              **({"in_channels": shape[0]} if shape[0] > 1 else {})})
     builder = posterior_nn(model=config["flow"], z_score_theta="none", z_score_x="none",
                            hidden_features=config["hidden_features"], num_transforms=config["num_transforms"],
@@ -304,26 +307,33 @@ class PosteriorRun:
         return ood_score(self.ood, self.embed(x), x.reshape(len(x), -1).numpy())
 
     @torch.no_grad()
-    def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0) -> np.ndarray:
-        """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box."""
+    def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32) -> np.ndarray:
+        """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box.
+
+        Images are sampled ``chunk`` at a time (one embedding pass, one flow pass); an image whose
+        flow keeps more than 1/5 of its mass outside the box after five rounds gets the rest clamped.
+        """
         out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
         self.estimator.eval()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            for i in range(len(x)):
-                cond = x[i:i + 1]
-                kept, need = [], n_samples
-                for _ in range(5):
-                    s = self.estimator.sample(torch.Size([int(need * 1.3) + 8]), condition=cond)[:, 0]
-                    s = s[(s.abs() <= 1).all(dim=1)]
-                    kept.append(s[:need])
-                    need -= len(kept[-1])
-                    if need <= 0:
+            for first in range(0, len(x), chunk):
+                cond = x[first:first + chunk]
+                kept = [[] for _ in range(len(cond))]
+                need = np.full(len(cond), n_samples)
+                for round_ in range(6):
+                    todo = np.flatnonzero(need > 0)
+                    if not len(todo):
                         break
-                if need > 0:  # the flow puts almost all its mass outside the prior: clamp the rest
-                    s = self.estimator.sample(torch.Size([need]), condition=cond)[:, 0].clamp(-1, 1)
-                    kept.append(s)
-                out[i] = torch.cat(kept)[:n_samples].numpy()
+                    n = int(need[todo].max() * 1.3) + 8
+                    s = self.estimator.sample(torch.Size([n]), condition=cond[todo])  # (n, len(todo), d)
+                    for col, i in enumerate(todo):
+                        si = s[:, col]
+                        si = si.clamp(-1, 1) if round_ == 5 else si[(si.abs() <= 1).all(dim=1)]
+                        kept[i].append(si[:need[i]])
+                        need[i] -= len(kept[i][-1])
+                for i, parts in enumerate(kept):
+                    out[first + i] = torch.cat(parts)[:n_samples].numpy()
         return out
 
     def samples(self, images: Sequence[np.ndarray], n_samples: int | None = None, seed: int = 0
@@ -393,6 +403,10 @@ def infer(store: Any, out: str | Path = "runs/posterior", *, split: Split | None
 
 
 def _check_config(cfg: PosteriorConfig) -> None:
+    if cfg.embedding not in ("cnn", "mlp", "resnet18"):
+        raise MoireSTMError(f"unknown embedding {cfg.embedding!r}; choose cnn, mlp or resnet18")
+    if not 0 <= cfg.dropout < 1:
+        raise MoireSTMError(f"infer: dropout must lie in [0, 1), got {cfg.dropout}")
     if cfg.flow not in FLOWS:
         raise MoireSTMError(f"unknown flow {cfg.flow!r}; choose one of {', '.join(FLOWS)}")
     for name in ("embedding_dim", "width", "hidden_features", "num_transforms", "epochs", "batch_size",
@@ -420,7 +434,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     theta = theta_of(st, split.train + split.val + split.test, priors)
     train_images = [st.image(k) for k in split.train]
     first = np.asarray(train_images[0])
-    size = cfg.input_size or min(DEFAULT_INPUT_SIZE["cnn"], *first.shape[-2:])
+    size = cfg.input_size or min(DEFAULT_INPUT_SIZE[cfg.embedding], *first.shape[-2:])
     y_train = _theta_values(st, split.train, theta)
     normalizer = Normalizer.fit(train_images, y_train, theta.names,
                                 None if size == first.shape[-1] == first.shape[-2] else size)
@@ -428,7 +442,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     x_val = batch_inputs(normalizer, [st.image(k) for k in split.val])
     z_train = torch.from_numpy(theta.encode(y_train))
     z_val = torch.from_numpy(theta.encode(_theta_values(st, split.val, theta)))
-    est_config = {"flow": cfg.flow, "embedding_dim": cfg.embedding_dim, "width": cfg.width,
+    est_config = {"flow": cfg.flow, "embedding": cfg.embedding, "dropout": cfg.dropout, "embedding_dim": cfg.embedding_dim, "width": cfg.width,
                   "hidden_features": cfg.hidden_features, "num_transforms": cfg.num_transforms,
                   "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
                   "seed": cfg.seed}
