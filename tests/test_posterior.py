@@ -46,15 +46,21 @@ class MemoryStore:
         return self.images[int(key[1:])]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks: one torch thread avoids thread thrashing on busy shared cores (restored after)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny nets: one thread avoids thrashing on busy shared cores
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(one_thread, tmp_path_factory):
     store = MemoryStore(N_DRAWS, 0)
     out = tmp_path_factory.mktemp("post") / "run"
     run = infer(store, out, point=False, progress=False, epochs=40, patience=6, embedding="mlp", embedding_dim=8, input_size=8,
                 hidden_features=32, num_transforms=2, n_samples=200, lr=2e-3, batch_size=64)
-    torch.set_num_threads(threads)
     return store, run, out
 
 
