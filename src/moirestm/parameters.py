@@ -260,6 +260,10 @@ _ENTRIES = [
     _s("part", "test", ("test", "val", "train"), "part of the split to evaluate"),
     _s("corrupt", None, ("mild", "symb", "noisy"), "corrupt images with this augmentation preset",
        optional=True),
+    _s("flow", "nsf", ("nsf", "maf"), "normalizing flow of the posterior: neural spline (nsf) or MAF"),
+    _p("point", "", True, _MODEL, kind="bool", help="also train the point baseline on the posterior's split"),
+    _p("point_max_minutes", "min", None, "no budget", 0.0, 1.0e6, low_open=True, optional=True,
+       help="time budget of that point baseline"),
     # ---------------------------------------------------------------- explanation
     _p("max_samples", "", 24, _NUMERIC, 1, 1_000_000, kind="int", help="at most this many samples"),
     _p("n_steps", "", 32, "integrated gradients (Sundararajan et al., ICML 2017)", 1, 10_000, kind="int",
