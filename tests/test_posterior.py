@@ -163,3 +163,21 @@ def test_conformal_quantile_and_draw_split_without_draws():
     store.params = lambda key: {"hubbard_u_ev": 0.0}
     with pytest.raises(MoireSTMError, match="draw_id"):
         draw_split(store)
+
+
+def test_attribution_explains_the_posterior_mean(trained):
+    from moirestm.explain.attribution import attribution_maps
+    from moirestm.explain.posterior_attribution import PosteriorMean
+    from moirestm.learn.data import batch_inputs
+
+    store, run, _ = trained
+    image = store.image(run.split.test[2])
+    model = PosteriorMean(run, n_samples=512).eval()
+    x = batch_inputs(run.normalizer, [image])
+    with torch.no_grad():
+        mean = float(model(x)[0, 0])
+    sampled = predict_posterior(run, image, n_samples=2000)["hubbard_u_ev"]["mean"]
+    assert abs(mean - sampled) < 0.05  # clamping vs rejection and Monte-Carlo error (sd ~0.1 / sqrt(512))
+    maps = attribution_maps(model, x, 0, methods=("integrated_gradients",), n_steps=8)
+    ig = maps["integrated_gradients"][0]
+    assert ig.shape == tuple(x.shape[-2:]) and np.all(np.isfinite(ig)) and np.abs(ig).sum() > 0

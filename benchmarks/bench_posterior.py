@@ -1,0 +1,106 @@
+"""Posterior benchmark: training time, held-out calibration, OOD detection and prediction latency.
+
+    OMP_NUM_THREADS=2 flock /tmp/team/heavy.lock .venv/bin/python benchmarks/bench_posterior.py \
+        [--data STORE] [--ood NAME=STORE ...] [--max-minutes 10] [--out runs/bench-posterior]
+
+Without ``--data`` a toy store with priors (:mod:`moirestm.learn.toy_priors`, not physics) is
+built.  Writes ``benchmarks/results/posterior-<store name>.json`` and prints the markdown rows
+of the docs/benchmarks.md section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def latency(run, images, n_samples: int = 1000, threads: int = 2) -> dict:
+    """Median wall time (ms) of ``predict_posterior`` with ``n_samples`` samples, per image."""
+    from moirestm.learn.posterior import predict_posterior
+
+    torch.set_num_threads(threads)
+    predict_posterior(run, images[0], n_samples)
+    times = []
+    for im in images:
+        t0 = time.perf_counter()
+        predict_posterior(run, im, n_samples)
+        times.append(1e3 * (time.perf_counter() - t0))
+    return {"threads": threads, "n_samples": n_samples, "median_ms": float(np.median(times)),
+            "p90_ms": float(np.quantile(times, 0.9)), "n": len(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--ood", action="append", default=[], help="NAME=STORE of an out-of-family store")
+    ap.add_argument("--max-minutes", type=float, default=10.0)
+    ap.add_argument("--point-max-minutes", type=float, default=3.0)
+    ap.add_argument("--embedding", default="cnn")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-posterior"))
+    ap.add_argument("--toy-draws", type=int, default=300)
+    args = ap.parse_args()
+    from moirestm.learn.calibration import evaluate_posterior
+    from moirestm.learn.ood import ood_detection
+    from moirestm.learn.posterior import infer
+    from moirestm.learn.toy_priors import TOY_PRIORS, make_toy_prior_store
+
+    torch.set_num_threads(2)
+    others = dict(item.split("=", 1) for item in args.ood)
+    data = args.data
+    if data is None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        data = args.out.parent / "toy-sbi.h5"
+        make_toy_prior_store(data, n_draws=args.toy_draws, size=64, seed=0)
+        far = {**TOY_PRIORS, "distance_nm": {"dist": "uniform", "low": 0.345, "high": 0.355}}
+        make_toy_prior_store(args.out.parent / "toy-sbi-far.h5", n_draws=30, priors=far, size=64, seed=7)
+        others = {"distance beyond the prior": args.out.parent / "toy-sbi-far.h5", **others}
+    t0 = time.perf_counter()
+    run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes, embedding=args.embedding,
+                point_max_minutes=args.point_max_minutes, progress=False)
+    wall = time.perf_counter() - t0
+    metrics = evaluate_posterior(run, part="test")
+    detection = ood_detection(run, others=others)
+    images = [np.asarray(run_image) for run_image in _images(data, run.split.test[:30])]
+    result = {"store": str(data), "n_samples_store": len(run.split.train) + len(run.split.val) + len(run.split.test),
+              "split": {p: len(run.split.keys(p)) for p in ("train", "val", "test")},
+              "infer_wall_s": wall, "posterior_fit_s": run.summary["best"]["fit_s"],
+              "point_fit_s": run.summary.get("point", {}).get("fit_s"), "best": run.summary["best"],
+              "val_warnings": run.summary["warnings"], "test": metrics, "ood_detection": detection,
+              "latency": [latency(run, images, threads=t) for t in (2, 1)]}
+    name = Path(data).stem
+    out = Path("benchmarks/results") / f"posterior-{name}.json"
+    out.write_text(json.dumps(result, indent=1, default=float))
+    u = metrics["parameters"]["hubbard_u_ev"]
+    ident = metrics["identifiability"]["identifiable_u"]
+    print(f"| store | {name} ({result['n_samples_store']} samples, split {result['split']}) |")
+    print(f"| posterior training | {result['posterior_fit_s']:.0f} s (+ point blend {result['point_fit_s'] or 0:.0f} s) |")
+    print(f"| U median MAE, whole range | {u['mae']:.3f} eV (point blend {metrics['point']['mae']:.3f} eV) |")
+    if ident:
+        print(f"| U identifiable range | {ident['low']:.2f}-{ident['high']:.2f} eV, MAE there {ident['u_mae']:.3f} eV |")
+    print(f"| U coverage 50/68/90/95 % | {u['coverage']['0.5']:.2f}/{u['coverage']['0.68']:.2f}/"
+          f"{u['coverage']['0.9']:.2f}/{u['coverage']['0.95']:.2f} (conformal point 90 %: "
+          f"{metrics['point']['conformal_coverage']['0.9']:.2f}) |")
+    print(f"| U SBC KS p | {u['sbc_ks_p']:.3g} |")
+    print(f"| OOD false alarms (test draws) | {detection['false_alarm_test']['flagged']:.3f} |")
+    for set_name, s in detection["sets"].items():
+        print(f"| OOD detected: {set_name} | {s['flagged']:.2f} (n={s['n']}) |")
+    for lat in result["latency"]:
+        print(f"| predict, 1000 samples, {lat['threads']} thread(s) | {lat['median_ms']:.1f} ms median, "
+              f"{lat['p90_ms']:.1f} ms p90 |")
+    print(f"written {out}")
+
+
+def _images(data, keys):
+    from moirestm.learn.data import open_store
+
+    st = open_store(data)
+    return [st.image(k) for k in keys]
+
+
+if __name__ == "__main__":
+    main()
