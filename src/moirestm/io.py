@@ -75,7 +75,10 @@ def file_kind(path: str | os.PathLike) -> str | None:
     if not os.path.lexists(path):
         return None
     if path.is_dir():
-        return "folder"
+        try:  # a Zarr v3 store (moirestm dataset stores ending in .zarr) answers its kind
+            return str(json.loads((path / "zarr.json").read_text())["attributes"][KIND_ATTR])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "folder"
     try:
         with open(path, "rb") as fh:
             head = fh.read(65536)

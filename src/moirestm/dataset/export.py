@@ -1,4 +1,8 @@
-"""Summaries, integrity checks and PNG export of a Store."""
+"""Summaries, integrity checks and PNG export of a Store.
+
+One-file HDF5 export of a Zarr store is a merge: ``merge_stores("data.h5", ["data.zarr"])``
+(``moirestm dataset merge data.h5 data.zarr``).
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,14 @@ def info(path) -> dict:
             "created_utc": attrs.get("created_utc"), "modified_utc": attrs.get("modified_utc"),
             "sweep": sweep.get("sweep"), "n_ok": len(ok), "n_failed": len(failed),
             "n_pending_journal": len(store.pending), "image_shape": shape, "varying": varying,
-            "file_mb": round(Path(path).stat().st_size / 2**20, 3)}
+            "file_mb": round(_size_bytes(Path(path)) / 2**20, 3)}
+
+
+def _size_bytes(path: Path) -> int:
+    """Bytes of a store file, or of every file of a store directory (Zarr)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
 
 
 def check(path) -> list[str]:

@@ -6,8 +6,9 @@
   no Dask, tasks run one after the other in this process (debugging).
 * Resumable: samples already stored with status "ok" are skipped (failed ones are retried
   unless ``retry_failed=False``); a task is submitted only if one of its samples is missing.
-* Crash-safe: each sample is committed atomically to the store's journal as soon as its task
-  returns; the journal is merged into the HDF5 file every ``commit_interval_s`` and at the end.
+* Crash-safe: each sample is committed atomically as soon as its task returns (a Zarr store,
+  ``out`` ending in ``.zarr``: renamed into place; an HDF5 store: into its journal, merged into
+  the file every ``commit_interval_s`` and at the end).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import MoireSTMError
 from .compute import execute_task
 from .store import Store
 from .sweep import Sweep
+from .zarrstore import is_zarr
 
 
 @dataclass
@@ -53,8 +55,9 @@ def open_store(sweep: Sweep, out) -> Store:
     """Open ``out`` for appending, or create it recording the sweep definition."""
     out = Path(out)
     if out.exists() or out.is_symlink():
-        if out.is_dir():
-            raise MoireSTMError(f"output {out} is a directory; give a file name such as data.h5")
+        if out.is_dir() and not is_zarr(out):
+            raise MoireSTMError(f"output {out} is a directory; give a file name such as data.h5 or a "
+                                "Zarr store name such as data.zarr")
         store = Store.open(out, "a")
         if store.sweep_params.get("definition") != sweep.definition:
             store.add_history("extend", sweep=sweep.name, definition=sweep.definition)

@@ -113,7 +113,11 @@ def _check_writable(path: Path) -> None:
 
 
 def _store_kind(path: Path) -> str | None:
-    """Kind attribute of an HDF5 file, or raise naming why the file is not a moirestm store."""
+    """Kind attribute of an HDF5 file or Zarr store, or raise naming why it is not a moirestm store."""
+    from .zarrstore import is_zarr, zarr_kind
+
+    if is_zarr(path):
+        return zarr_kind(path)
     if not h5py.is_hdf5(path):
         raise MoireSTMError(f"{path} is not an HDF5 file (not a moirestm dataset store)")
     try:
@@ -144,7 +148,8 @@ def _write_arrays(group: h5py.Group, arrays: dict) -> None:
 
 
 class Store:
-    """FT-LDOS dataset store (one HDF5 file). Use :meth:`create` or :meth:`open`."""
+    """FT-LDOS dataset store: one HDF5 file, or a Zarr v3 directory (a ``.zarr`` path, see
+    :mod:`moirestm.dataset.zarrstore`) with the same API. Use :meth:`create` or :meth:`open`."""
 
     def __init__(self, path, mode: str, _internal: bool = False):
         if not _internal:
@@ -164,6 +169,10 @@ class Store:
         replaced only with ``overwrite=True``.
         """
         path = Path(path)
+        if cls is Store and _zarr_path(path):
+            from .zarrstore import ZarrStore
+
+            return ZarrStore.create(path, sweep_params, overwrite)
         _check_writable(path)
         if path.exists():
             kind = _store_kind(path)
@@ -201,6 +210,10 @@ class Store:
         if mode not in ("r", "a"):
             raise MoireSTMError(f"store mode must be 'r' or 'a', got {mode!r}")
         path = Path(path)
+        if cls is Store and _zarr_path(path):
+            from .zarrstore import ZarrStore
+
+            return ZarrStore.open(path, mode)
         if not path.is_file():
             raise MoireSTMError(f"dataset store not found: {path}")
         kind = _store_kind(path)
@@ -228,7 +241,10 @@ class Store:
         self._lock_fh = fh
         # we are the only writer: temporary files left by a killed writer are garbage
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
         if self.journal.is_dir():
             for stale in self.journal.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -400,13 +416,7 @@ class Store:
             raise MoireSTMError(f"sample status must be one of {STATUSES}, got {status!r}")
         if not isinstance(key, str) or not key or "/" in key or key.startswith("."):
             raise MoireSTMError(f"invalid sample key {key!r}")
-        if status == "ok":
-            if "ft_image" not in arrays:
-                raise MoireSTMError(f"sample {key}: an ok sample needs an 'ft_image' array")
-            img = np.asarray(arrays["ft_image"])
-            if img.ndim != 2 or not np.all(np.isfinite(img)):
-                raise MoireSTMError(f"sample {key}: ft_image must be a finite 2-D array, got shape {img.shape}")
-            arrays = {**arrays, "ft_image": img.astype(np.float32)}
+        arrays = self._checked_arrays(key, arrays, status)
         self.journal.mkdir(exist_ok=True)
         tmp = self._tmp_name(self.journal, key)
         try:
@@ -425,6 +435,18 @@ class Store:
                 tmp.unlink()
         if self._index is not None:
             self._index[key] = {"status": status, "where": final, "params_json": to_json(params)}
+
+    @staticmethod
+    def _checked_arrays(key: str, arrays: dict, status: str) -> dict:
+        """``arrays`` with a float32 ``ft_image``; an ok sample needs a finite 2-D one."""
+        if status != "ok":
+            return arrays
+        if "ft_image" not in arrays:
+            raise MoireSTMError(f"sample {key}: an ok sample needs an 'ft_image' array")
+        img = np.asarray(arrays["ft_image"])
+        if img.ndim != 2 or not np.all(np.isfinite(img)):
+            raise MoireSTMError(f"sample {key}: ft_image must be a finite 2-D array, got shape {img.shape}")
+        return {**arrays, "ft_image": img.astype(np.float32)}
 
     def commit(self) -> int:
         """Merge journal entries into the main file atomically; returns how many were merged."""
@@ -519,10 +541,17 @@ class Store:
         return problems
 
 
+def _zarr_path(path: Path) -> bool:
+    from .zarrstore import is_zarr
+
+    return is_zarr(path)
+
+
 def merge_stores(out, sources, replace: bool = False) -> dict:
     """Copy the samples of ``sources`` (store paths, in order) into the store ``out``.
 
-    ``out`` is created when missing (recording the sources). A key already in ``out`` is kept,
+    ``out`` is created when missing (recording the sources); sources and ``out`` may be HDF5 files or
+    Zarr stores in any mix (``merge_stores("one.h5", ["data.zarr"])`` exports a Zarr store to one file). A key already in ``out`` is kept,
     unless ``replace``: then later sources win (e.g. chains recomputed with a newer solver replace
     the old ones). Sources are only read; ``out`` is written through its journal and merged
     atomically once, so an interrupted merge leaves it as it was or complete.
@@ -536,7 +565,7 @@ def merge_stores(out, sources, replace: bool = False) -> dict:
         raise MoireSTMError("merge needs at least one source store")
     out = Path(out)
     for src in sources:
-        if not src.is_file():
+        if not src.exists():
             raise MoireSTMError(f"source store not found: {src}")
         if src.resolve() == out.resolve():
             raise MoireSTMError(f"{src} is the output store; give it only as OUT")
