@@ -35,7 +35,7 @@ def training_reference(run) -> tuple[np.ndarray, np.ndarray]:
     if cache is not None and cache.is_file():
         data = np.load(cache)
         return data["embeddings"], data["angles_deg"]
-    if run.store is None or not Path(run.store).is_file():
+    if run.store is None or not Path(run.store).exists():  # a file (HDF5) or a directory (Zarr)
         raise MoireSTMError(f"the run's training store {run.store!r} is not available: cannot build the "
                             "reference set for the out-of-distribution check")
     store = open_store(run.store)
