@@ -200,3 +200,20 @@ def test_draw_split_leaks_no_draw():
         make_split(_DrawStore(draw_ids=False), "draw")
     with pytest.raises(MoireSTMError, match="only 2 draws"):
         make_split(_DrawStore(n_draws=2), "draw")
+
+
+@pytest.mark.parametrize("name, n_samples, n_tasks, index", [("demo-sbi", 1920, 160, 5),
+                                                              ("standard-sbi", 31744, 1024, 9)])
+def test_builtin_sbi_designs(monkeypatch, name, n_samples, n_tasks, index):
+    from moirestm.dataset import sweep as sweep_module
+    from moirestm.parameters import validate_sweep
+
+    monkeypatch.setattr(sweep_module, "resolve_magic_distance", lambda i: (0.2734, "magic_distance"))
+    sweep = Sweep.load(name)
+    validate_sweep(sweep.values, {"ft": sweep.ft})
+    tasks = sweep.tasks()
+    assert sweep.n_samples == n_samples and len(tasks) == n_tasks
+    assert {t["base"]["index"] for t in tasks} == {index}
+    assert len({t["base"]["draw_id"] for t in tasks}) == n_tasks
+    assert all(abs(t["base"]["distance_nm"] / 0.2734 - 1) <= 0.01 + 1e-9 for t in tasks)
+    assert sweep.prior_records()["priors"]["broadening_ev"]["dist"] == "loguniform"

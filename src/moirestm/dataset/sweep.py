@@ -299,7 +299,7 @@ class Sweep:
 
     @classmethod
     def load(cls, source) -> "Sweep":
-        """Sweep from a TOML file path or a built-in name ("demo", "standard")."""
+        """Sweep from a TOML file path or a built-in name (``BUILTIN``: demo, standard, demo-sbi, standard-sbi)."""
         if isinstance(source, str) and source in BUILTIN:
             return cls.from_dict(copy.deepcopy(BUILTIN[source]))
         path = Path(source)
