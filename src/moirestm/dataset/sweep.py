@@ -116,6 +116,43 @@ BUILTIN = {
         "ft": {"size": 256},
         "stm": {"enabled": True},
     },
+    "demo-sbi": {
+        "name": "demo-sbi",
+        "description": "i = 5 family over the unknowns of a measurement (priors justified in docs/datasets.md): "
+                       "n_draws scrambled-Sobol draws of distance (+-1 % around the magic one), dielectric, "
+                       "broadening, temperature, filling and bias, each crossed with a jittered U chain of 12 "
+                       "values (0..5.5 eV); 160 draws = 1920 samples. Tune the size with n_draws.",
+        "continuation": "descending",
+        "fixed": {"index": 5, "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "start": "afm"},
+        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 5.5, "step": 0.5}},
+        "n_draws": 160, "prior_seed": 0, "u_jitter": True,
+        "priors": {"distance_nm": {"around": "magic", "rel": 0.01},
+                   "dielectric": {"dist": "uniform", "low": 4.0, "high": 12.0},
+                   "broadening_ev": {"dist": "loguniform", "low": 0.005, "high": 0.04},
+                   "temperature_k": {"dist": "loguniform", "low": 0.4, "high": 10.0},
+                   "filling": {"dist": "uniform", "low": -2.2, "high": 1.2},
+                   "bias_ev": {"dist": "uniform", "low": -0.02, "high": 0.02}},
+        "ft": {"size": 128},
+        "stm": {"enabled": False},
+    },
+    "standard-sbi": {
+        "name": "standard-sbi",
+        "description": "i = 9 flat-band family (1084 atoms) over the unknowns of a measurement, sized for a "
+                       "cluster: 1024 draws x 31 jittered U values (0..6 eV) = 31 744 samples, 256 px images "
+                       "with STM maps (cost in docs/datasets.md).",
+        "continuation": "descending",
+        "fixed": {"index": 9, "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "start": "afm"},
+        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.2}},
+        "n_draws": 1024, "prior_seed": 0, "u_jitter": True,
+        "priors": {"distance_nm": {"around": "magic", "rel": 0.01},
+                   "dielectric": {"dist": "uniform", "low": 4.0, "high": 12.0},
+                   "broadening_ev": {"dist": "loguniform", "low": 0.002, "high": 0.02},
+                   "temperature_k": {"dist": "loguniform", "low": 0.4, "high": 10.0},
+                   "filling": {"dist": "uniform", "low": -3.2, "high": 3.2},
+                   "bias_ev": {"dist": "uniform", "low": -0.01, "high": 0.01}},
+        "ft": {"size": 256},
+        "stm": {"enabled": True},
+    },
 }
 
 
