@@ -181,3 +181,18 @@ def test_attribution_explains_the_posterior_mean(trained):
     maps = attribution_maps(model, x, 0, methods=("integrated_gradients",), n_steps=8)
     ig = maps["integrated_gradients"][0]
     assert ig.shape == tuple(x.shape[-2:]) and np.all(np.isfinite(ig)) and np.abs(ig).sum() > 0
+
+
+def test_cli_predict_and_evaluate_dispatch_on_a_posterior_run(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from moirestm.cli import app
+
+    store, run, out = trained
+    np.save(tmp_path / "im.npy", store.image(run.split.test[0]))
+    res = CliRunner().invoke(app, ["predict", str(out), str(tmp_path / "im.npy"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert set(data["hubbard_u_ev"]) == {"median", "mean", "q025", "q16", "q84", "q975"} and "ood" in data
+    res = CliRunner().invoke(app, ["evaluate", str(out), "--json"])
+    assert res.exit_code == 2 and "pass --data STORE" in res.output
