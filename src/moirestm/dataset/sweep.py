@@ -87,6 +87,11 @@ FT_DEFAULTS = {"size": FT_IMAGE_SIZE, "tiling": 3, "apodisation": "none", "remov
                "log_scale": False}
 STM_DEFAULTS = {"enabled": True}
 
+#: Priors shared by the built-in designs over the unknowns (ranges justified in docs/datasets.md).
+SBI_PRIORS = {"distance_nm": {"around": "magic", "rel": 0.01},
+              "dielectric": {"dist": "uniform", "low": 4.0, "high": 12.0},
+              "temperature_k": {"dist": "loguniform", "low": 0.4, "high": 10.0}}
+
 BUILTIN = {
     "demo": {
         "name": "demo",
@@ -126,10 +131,8 @@ BUILTIN = {
         "fixed": {"index": 5, "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 5.5, "step": 0.5}},
         "n_draws": 160, "prior_seed": 0, "u_jitter": True,
-        "priors": {"distance_nm": {"around": "magic", "rel": 0.01},
-                   "dielectric": {"dist": "uniform", "low": 4.0, "high": 12.0},
+        "priors": {**SBI_PRIORS,
                    "broadening_ev": {"dist": "loguniform", "low": 0.005, "high": 0.04},
-                   "temperature_k": {"dist": "loguniform", "low": 0.4, "high": 10.0},
                    "filling": {"dist": "uniform", "low": -2.2, "high": 1.2},
                    "bias_ev": {"dist": "uniform", "low": -0.02, "high": 0.02}},
         "ft": {"size": 128},
@@ -144,10 +147,8 @@ BUILTIN = {
         "fixed": {"index": 9, "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.2}},
         "n_draws": 1024, "prior_seed": 0, "u_jitter": True,
-        "priors": {"distance_nm": {"around": "magic", "rel": 0.01},
-                   "dielectric": {"dist": "uniform", "low": 4.0, "high": 12.0},
+        "priors": {**SBI_PRIORS,
                    "broadening_ev": {"dist": "loguniform", "low": 0.002, "high": 0.02},
-                   "temperature_k": {"dist": "loguniform", "low": 0.4, "high": 10.0},
                    "filling": {"dist": "uniform", "low": -3.2, "high": 3.2},
                    "bias_ev": {"dist": "uniform", "low": -0.01, "high": 0.01}},
         "ft": {"size": 256},

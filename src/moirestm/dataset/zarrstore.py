@@ -175,14 +175,7 @@ class ZarrStore(Store):
                      PARAMS_ATTR: to_json(sweep_params),
                      "history_json": json.dumps([{"utc": _now(), "event": "create", "version": __version__}])}))
                 os.chmod(tmp, 0o777 & ~_umask())
-                if path.exists():
-                    old = path.with_name(f".{path.name}.replaced.tmp")
-                    os.replace(path, old)
-                    os.replace(tmp, path)
-                    shutil.rmtree(old, ignore_errors=True)
-                else:
-                    os.replace(tmp, path)
-                _fsync_dir(path.parent)
+                _rename_into_place(tmp, path, path.with_name(f".{path.name}.replaced.tmp"))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
@@ -308,14 +301,7 @@ class ZarrStore(Store):
             if FSYNC:
                 _fsync_dir(tmp)
             final = self.samples_dir / key
-            if final.exists():
-                old = self.samples_dir / f".{key}.old"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(self.samples_dir)
+            _rename_into_place(tmp, final, self.samples_dir / f".{key}.old")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self._written += 1
@@ -347,6 +333,17 @@ class ZarrStore(Store):
         damaged = [f"{k}: damaged sample record (unreadable zarr.json)" for k, e in self._idx.items()
                    if e["status"] == "damaged"]
         return damaged + super().check()
+
+
+def _rename_into_place(tmp: Path, final: Path, old: Path) -> None:
+    """Rename directory ``tmp`` to ``final``; an existing ``final`` is moved to ``old`` first, removed after."""
+    if final.exists():
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
 
 
 def _umask() -> int:
