@@ -43,8 +43,8 @@ def failure_reasons(errors: list[str]) -> list[tuple[int, str]]:
 @sweep_app.command("run")
 @friendly
 def sweep_run(
-    spec: str = typer.Argument(..., help="sweep TOML file or built-in name (demo, standard)"),
-    out: Path = typer.Option(..., "--out", "-o", help="dataset store (HDF5); resumed if it exists"),
+    spec: str = typer.Argument(..., help="sweep TOML file or built-in name (demo, standard, demo-sbi, standard-sbi)"),
+    out: Path = typer.Option(..., "--out", "-o", help="dataset store (.h5, or .zarr for large sweeps); resumed"),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, or 'synchronous'"),
     workers: Optional[int] = option("workers", default=None),
     retry_failed: bool = typer.Option(True, help="recompute samples stored as failed"),
