@@ -72,7 +72,7 @@ class PosteriorConfig:
     num_transforms: int = 4
     epochs: int = 300
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 1e-5
     patience: int = 25
     seed: int = 0
@@ -477,17 +477,20 @@ def _theta_values(st, keys: Sequence[str], theta: Theta) -> np.ndarray:
 
 
 def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val, progress: bool):
-    """Maximum-likelihood training with early stopping on the validation draws' mean NLL."""
+    """Maximum-likelihood training with early stopping on the validation draws' mean NLL; with
+    ``max_minutes`` the cosine learning-rate schedule is re-fitted each epoch to the time left."""
+    from .train import cosine_lr
+
     opt = torch.optim.AdamW(estimator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     t0 = time.perf_counter()
     history, best, bad = [], {"epoch": -1, "val_nll": float("inf")}, 0
     best_state = copy.deepcopy(estimator.state_dict())
-    stopped = "epochs"
+    stopped, schedule, epoch_times = "epochs", cfg.epochs, []
     for epoch in range(cfg.epochs):
-        lr = cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs)))
+        t_epoch = time.perf_counter()
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = cosine_lr(cfg.lr, epoch, schedule)
         estimator.train()
         order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train)))
         losses = []
@@ -504,7 +507,8 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
             val = float(torch.cat([estimator.loss(z_val[i:i + 256], condition=x_val[i:i + 256])
                                    for i in range(0, len(x_val), 256)]).mean())
         elapsed = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_nll": float(np.mean(losses)), "val_nll": val, "time_s": elapsed})
+        history.append({"epoch": epoch, "train_nll": float(np.mean(losses)), "val_nll": val, "time_s": elapsed,
+                        "lr": opt.param_groups[0]["lr"]})
         if progress:
             print(f"epoch {epoch}: train NLL {history[-1]['train_nll']:.3f}  val NLL {val:.3f}  ({elapsed:.0f} s)",
                   flush=True)
@@ -519,6 +523,13 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
         if budget is not None and elapsed > budget:
             stopped = "time budget"
             break
+        if budget is not None:  # fit the cosine into the time left at the median epoch cost
+            epoch_times.append(time.perf_counter() - t_epoch)
+            cost = float(np.median(epoch_times[-10:]))
+            schedule = min(cfg.epochs, epoch + 1 + int(0.95 * (budget - elapsed) / cost))
+            if epoch + 1 >= schedule:
+                stopped = "schedule fitted to the time budget"
+                break
     estimator.load_state_dict(best_state)
     estimator.eval()
     return history, {**best, "stopped": stopped}, time.perf_counter() - t0
