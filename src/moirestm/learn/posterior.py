@@ -27,6 +27,7 @@ import copy
 import math
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -40,6 +41,9 @@ from ..io import output_dir, write_json
 from .data import DEFAULT_TARGET, Normalizer, Split, batch_inputs, make_split, open_store, store_path
 from .models import DEFAULT_INPUT_SIZE, build_model, count_parameters
 from .run import _atomic_save, _load_checkpoint, load_strict
+
+#: nflows' LU layers call a deprecated torch solver on every pass; the warning says nothing to a user
+warnings.filterwarnings("ignore", message=r".*triangular_solve is deprecated.*", category=UserWarning)
 
 POSTERIOR_FORMAT = "moirestm-posterior-run"
 POSTERIOR_VERSION = 1
