@@ -39,11 +39,12 @@ def compare(image: np.ndarray, reference: np.ndarray) -> dict:
     return {"image_rel_l2": err, "image_corr": corr}
 
 
-def study(index: int, fillings, u_values, scf_grids, ldos_grids, broadening_ev: float, size: int) -> dict:
+def study(index: int, fillings, u_values, scf_grids, ldos_grids, broadening_ev: float, size: int,
+          ldos_at=None) -> dict:
     distance_nm, _ = resolve_magic_distance(index)
     tb = TightBinding(TBGLattice(index, distance_nm))
     interaction = Interaction(hubbard_u_ev=0.0)
-    rows = []
+    rows, order_rows = [], []
     for filling in fillings:
         for nk in scf_grids:
             setup = prepare(tb, interaction, nk)
@@ -56,8 +57,12 @@ def study(index: int, fillings, u_values, scf_grids, ldos_grids, broadening_ev: 
                 if sol.converged:
                     chain.append(sol)
                 orders = sol.orders()
+                order_rows.append({"filling": filling, "hubbard_u_ev": u, "scf_kgrid": nk,
+                                   "converged": bool(sol.converged), "iterations": sol.iterations,
+                                   "staggered_m": float(orders["staggered_magnetization"]),
+                                   "mean_abs_m": float(np.mean(np.abs(sol.n_up - sol.n_down)))})
                 for nl in ldos_grids:
-                    if nl < nk:
+                    if nl < nk or (ldos_at is not None and u not in ldos_at):
                         continue
                     t1 = time.perf_counter()
                     ld = site_ldos(sol, [0.0], broadening_ev=broadening_ev, ldos_kgrid=nl)
@@ -80,7 +85,7 @@ def study(index: int, fillings, u_values, scf_grids, ldos_grids, broadening_ev: 
     for row in rows:
         row.pop("_image")
     return {"index": index, "distance_nm": distance_nm, "broadening_ev": broadening_ev, "image_size": size,
-            "reference": {"scf_kgrid": ref_scf, "ldos_kgrid": ref_ldos}, "rows": rows}
+            "reference": {"scf_kgrid": ref_scf, "ldos_kgrid": ref_ldos}, "rows": rows, "orders": order_rows}
 
 
 def worst_by_grid(result: dict) -> list[dict]:
@@ -111,9 +116,11 @@ def main() -> None:
     ap.add_argument("--ldos", type=int, nargs="+", default=[3, 6, 12, 24])
     ap.add_argument("--broadening", type=float, default=BUILTIN["demo"]["fixed"]["broadening_ev"])
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--ldos-at", type=float, nargs="+", default=None, help="U values with LDOS (default all)")
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
-    result = study(args.index, args.fillings, args.u, args.scf, args.ldos, args.broadening, args.size)
+    result = study(args.index, args.fillings, args.u, args.scf, args.ldos, args.broadening, args.size,
+                   args.ldos_at)
     result["worst_by_grid"] = worst_by_grid(result)
     out = Path(__file__).parent / "results" / f"kgrid-{args.tag or f'i{args.index}'}.json"
     out.write_text(json.dumps(result, indent=1))

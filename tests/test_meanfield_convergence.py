@@ -131,3 +131,11 @@ def test_engine_records_grids_branches_and_picks_lower_free_energy():
         converged = [b for b in res["branches"] if b["converged"]]
         assert res["free_energy_ev"] == pytest.approx(min(b["free_energy_ev"] for b in converged), abs=1e-6)
     assert len(records[1]["results"]["branches"]) == 2   # warm start + fresh start
+
+
+def test_single_precision_ldos_window_matches_double(tbg2):
+    sol = solve(tbg2, Interaction(hubbard_u_ev=4.0), filling=-1.0, kgrid=2, start="afm")
+    a = site_ldos(sol, [-0.05, 0.0], broadening_ev=0.02, ldos_kgrid=6, single=True)
+    b = site_ldos(sol, [-0.05, 0.0], broadening_ev=0.02, ldos_kgrid=6, single=False)
+    assert a.params["single_precision_window"] and not b.params["single_precision_window"]
+    np.testing.assert_allclose(a.total, b.total, rtol=1e-5, atol=1e-8 * b.total.max())

@@ -21,8 +21,10 @@ from ..hamiltonian.kgrid import monkhorst_pack
 
 #: Largest deviation (nm) of a rotated site from a lattice site that still counts as a match.
 _SITE_TOL_NM = 1e-6
-#: Largest |v(P i) - v(i)| (eV) for which a potential counts as C3 symmetric.
-SYMMETRY_TOL_EV = 1e-9
+#: Largest |v(P i) - v(i)| (eV) for which a potential counts as C3 symmetric: above float32 noise and
+#: the 1e-6 density tolerance times U, far below any LDOS broadening (the reduction projects the
+#: state onto its C3-symmetric part, a change of this size).
+SYMMETRY_TOL_EV = 1e-5
 
 
 def _c3(vectors: np.ndarray) -> np.ndarray:
@@ -121,7 +123,7 @@ def kgrid(structure, n: int, potentials_ev=None, use_symmetry: bool = True) -> K
     k, w = monkhorst_pack(structure.reciprocal_nm, n)
     identity = np.arange(len(structure.positions_nm))[None, :]
     plain = KGrid(int(n), k, w, identity, "TR")
-    if not use_symmetry or n == 1 or not _grid_is_c3_closed(structure.reciprocal_nm, n):
+    if not use_symmetry or not _grid_is_c3_closed(structure.reciprocal_nm, n):
         return plain
     perm = c3_permutation(structure)
     if perm is None:
@@ -130,5 +132,5 @@ def kgrid(structure, n: int, potentials_ev=None, use_symmetry: bool = True) -> K
         v = np.asarray(potentials_ev, float)
         if np.max(np.abs(v[..., perm] - v)) > SYMMETRY_TOL_EV:
             return plain
-    k, w = _orbit_reduce(structure.reciprocal_nm, n)
+    k, w = _orbit_reduce(structure.reciprocal_nm, n) if n > 1 else (k, w)
     return KGrid(int(n), k, w, np.stack([identity[0], perm, perm[perm]]), "TR+C3")

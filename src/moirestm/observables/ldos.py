@@ -102,7 +102,8 @@ def _lorentzian_tails(solution, energies_ev, eta_ev, lo, hi, degenerate, use_sym
 
 
 def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_EV,
-              kind: str = "lorentzian", ldos_kgrid: int | None = None, use_symmetry: bool = True) -> SiteLDOS:
+              kind: str = "lorentzian", ldos_kgrid: int | None = None, use_symmetry: bool = True,
+              single: bool = True) -> SiteLDOS:
     """Spin-resolved site LDOS of a :class:`~moirestm.meanfield.MeanFieldSolution`.
 
     The mean-field potential is diagonal in real space, so H_MF(k) = H0(k) + diag(v_sigma) is
@@ -118,6 +119,9 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     kind : "lorentzian" or "gaussian".
     ldos_kgrid : n of the n x n Monkhorst-Pack LDOS grid; None uses the solution's own grid.
     use_symmetry : reduce the grid by C3z when the solution's potentials keep it (no Fock term).
+    single : diagonalise the window in float32 / complex64 on a grid other than the solution's own
+        (2.6x faster at i = 9; LDOS within 1e-5 relative of float64, test); the tails and the
+        solution's own grid stay in float64.
     """
     bias = np.atleast_1d(np.asarray(bias_ev, dtype=float))
     if bias.ndim != 1 or bias.size == 0 or not np.all(np.isfinite(bias)):
@@ -141,8 +145,11 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     for ik, (k, w) in enumerate(zip(grid.kpoints, grid.kweights)):
         hams = solution.hamiltonians(k)
         for s in range(1 if degenerate else 2):
-            e, vec = sla.eigh(hams[s], subset_by_value=(lo, hi), driver="evr", overwrite_a=True,
-                              check_finite=False)
+            h = hams[s]
+            if single and not own_grid:
+                h = h.astype(np.complex64 if np.iscomplexobj(h) else np.float32)
+            e, vec = sla.eigh(h, subset_by_value=(lo, hi), driver="evr", overwrite_a=True, check_finite=False)
+            e = e.astype(float)
             if own_grid:
                 stored = (solution.bands_up, solution.bands_down)[s][ik]
                 stored = stored[(stored > lo + 1e-6) & (stored <= hi - 1e-6)]
@@ -162,6 +169,7 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
         "broadening_ev": eta, "kind": kind, "mu_ev": float(solution.mu_ev),
         "energies_ev": energies.tolist(), "ldos_kgrid": n_grid, "scf_kgrid": scf_grid,
         "kpoint_symmetry": grid.symmetry, "n_kpoints": int(len(grid.kpoints)), "window_ev": [lo, hi],
+        "single_precision_window": bool(single and not own_grid),
         "meanfield": solution.params,
     }
     return SiteLDOS(bias, out[0], out[1], np.asarray(solution.positions_nm), np.asarray(solution.layer),
