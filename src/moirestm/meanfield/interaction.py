@@ -88,6 +88,11 @@ class Interaction:
                 raise MoireSTMError(f"{name} must be positive, got {value}")
         if self.ewald_alpha_per_nm is not None and finite_number("ewald_alpha_per_nm", self.ewald_alpha_per_nm) <= 0:
             raise MoireSTMError(f"ewald_alpha_per_nm must be positive, got {self.ewald_alpha_per_nm}")
+        from ..parameters import validate  # the registry's ranges (e.g. U <= 20 eV, eps >= 1)
+
+        for name in ("hubbard_u_ev", "dielectric", "gate_distance_nm", "short_distance_nm", "fock_cutoff_nm",
+                     "ewald_alpha_per_nm"):
+            validate(name, getattr(self, name), "Interaction")
         object.__setattr__(self, "fock", bool(self.fock))
 
     @property
