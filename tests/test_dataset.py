@@ -173,7 +173,8 @@ def test_sweep_rejects_bad_definitions(spec, match):
 def test_builtin_sweeps_and_tasks():
     demo = Sweep.load("demo")
     n_u = len(demo.values["hubbard_u_ev"])
-    assert demo.n_samples == n_u * 4 and len(demo.tasks()) == 4  # one U chain per filling
+    n_fill = len(demo.values["filling"])
+    assert demo.n_samples == n_u * n_fill and len(demo.tasks()) == n_fill  # one U chain per filling
     chain = demo.tasks()[0]["u_values"]
     assert chain[0] == 6.0 and chain[-1] == 0.0 and len(chain) == n_u  # descending continuation
     keys = [s["key"] for t in demo.tasks() for s in t["samples"]]

@@ -96,14 +96,15 @@ BUILTIN = {
     "demo": {
         "name": "demo",
         "description": "i = 5 (364 atoms, 6.01 deg) at its magic interlayer distance (flat central bands, "
-                       "so U matters from ~2 eV), U = 0..6 eV in 0.5 eV steps at four fillings on the "
-                       "converged k grids (SCF 6x6, LDOS 12x12); laptop-sized run of the whole pipeline.",
+                       "so U matters from ~2 eV), U = 0..6 eV in 1 eV steps at three fillings on the "
+                       "converged k grids (SCF 6x6, LDOS 12x12: ~20 s per solve on 2 cores); "
+                       "laptop-sized run of the whole pipeline.",
         "continuation": "descending",
         "fixed": {"index": 5, "distance_nm": "magic", "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "bias_ev": 0.0,
                   "broadening_ev": 0.02, "temperature_k": TEMPERATURE_K,
                   "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
-        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 0.5},
-                 "filling": [-2.0, -1.0, 0.0, 1.0]},
+        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 1.0},
+                 "filling": [-2.0, 0.0, 1.0]},
         "ft": {"size": 128},
         "stm": {"enabled": False},
     },
