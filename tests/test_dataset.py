@@ -173,10 +173,11 @@ def test_sweep_rejects_bad_definitions(spec, match):
 def test_builtin_sweeps_and_tasks():
     demo = Sweep.load("demo")
     n_u = len(demo.values["hubbard_u_ev"])
-    n_fill = len(demo.values["filling"])
-    assert demo.n_samples == n_u * n_fill and len(demo.tasks()) == n_fill  # one U chain per filling
-    chain = demo.tasks()[0]["u_values"]
-    assert chain[0] == 6.0 and chain[-1] == 0.0 and len(chain) == n_u  # descending continuation
+    n_fill, n_bias = len(demo.values["filling"]), len(demo.values["bias_ev"])
+    blocks = -(-n_u // demo.chain_length)
+    assert demo.n_samples == n_u * n_fill * n_bias and len(demo.tasks()) == n_fill * blocks  # U chain blocks
+    chains = [u for t in demo.tasks()[:blocks] for u in t["u_values"]]
+    assert chains[0] == 6.0 and chains[-1] == 0.0 and len(chains) == n_u  # descending continuation
     keys = [s["key"] for t in demo.tasks() for s in t["samples"]]
     assert len(set(keys)) == len(keys)
     with pytest.raises(MoireSTMError, match="not found"):

@@ -96,15 +96,16 @@ BUILTIN = {
     "demo": {
         "name": "demo",
         "description": "i = 5 (364 atoms, 6.01 deg) at its magic interlayer distance (flat central bands, "
-                       "so U matters from ~2 eV), U = 0..6 eV in 1 eV steps at three fillings on the "
-                       "converged k grids (SCF 6x6, LDOS 12x12: ~20 s per solve on 2 cores); "
-                       "laptop-sized run of the whole pipeline.",
+                       "so U matters from ~2 eV), U = 0..6 eV in 1 eV steps at three fillings and three biases on "
+                       "the converged k grids (SCF 6x6, LDOS 12x12: ~20 s per solve on 2 cores; the biases "
+                       "of one solve come at once); laptop-sized run of the whole pipeline.",
         "continuation": "descending",
-        "fixed": {"index": 5, "distance_nm": "magic", "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "bias_ev": 0.0,
+        "chain_length": 4,
+        "fixed": {"index": 5, "distance_nm": "magic", "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID,
                   "broadening_ev": 0.02, "temperature_k": TEMPERATURE_K,
                   "dielectric": DIELECTRIC_CONSTANT, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 6.0, "step": 1.0},
-                 "filling": [-2.0, 0.0, 1.0]},
+                 "filling": [-2.0, 0.0, 1.0], "bias_ev": [-0.01, 0.0, 0.01]},
         "ft": {"size": 128},
         "stm": {"enabled": False},
     },
