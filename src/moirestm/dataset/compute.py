@@ -114,21 +114,21 @@ def meanfield_engine(task: dict) -> list[dict]:
             kwargs = dict(filling=filling, mu_ev=base.get("mu_ev"), kgrid=scf_kgrid,
                           temperature_k=base["temperature_k"], seed=base.get("seed", 0), **solver)
             solution = solve(tb, interaction, start=start, **kwargs)
-            branches = [_branch("warm" if warm else str(fresh_start), solution)]
+            chosen = "warm" if warm else str(fresh_start)
+            branches = [_branch(chosen, solution)]
             # a fresh start every check_every U values: U chains must not follow a metastable branch silently
             if warm and check_every > 0 and position % check_every == 0:
                 other = solve(tb, interaction, start=fresh_start, **kwargs)
                 branches.append(_branch(str(fresh_start), other))
                 if other.converged and (not solution.converged
                                         or other.free_energy_ev < solution.free_energy_ev - BRANCH_TOL_EV):
-                    solution = other
+                    solution, chosen = other, str(fresh_start)
         except Exception as exc:  # noqa: BLE001
             text = _error_text(exc)
             records += [_failed(s, text) for s in samples]
             continue  # the next U warm-starts from the last converged solution
         solve_s = time.perf_counter() - t0
         moment = 0.5 * (np.asarray(solution.n_up) - np.asarray(solution.n_down))
-        chosen = next(b["start"] for b in branches if b["free_energy_ev"] == solution.free_energy_ev)
         results = {"mu_ev": float(solution.mu_ev), "free_energy_ev": float(solution.free_energy_ev),
                    "converged": bool(solution.converged), "iterations": int(solution.iterations),
                    "solve_wall_time_s": float(solve_s), "warm_start": warm,

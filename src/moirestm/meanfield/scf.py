@@ -595,8 +595,8 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
     if not converged and ladder:
         converged, state = _ladder(runner, setup, model, tb.structure, start, target, seed, start_moment,
                                    mixing, diis_history, rung_its, kt)
-    if state is None or (not converged and runner.best is not None):
-        state = runner.best[3] if runner.best is not None else state
+    if not converged and runner.best is not None:
+        state = runner.best[3]
     return _solution(tb, setup, interaction, state, runner, converged, t_start, {
         "filling": filling, "fixed_mu_ev": mu_ev, "kgrid": kgrid, "scf_kgrid": kgrid,
         "temperature_k": temperature_k, "start": start_label, "seed": int(seed),

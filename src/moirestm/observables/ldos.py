@@ -79,26 +79,38 @@ def ldos_window_ev(energies_ev: np.ndarray, broadening_ev: float) -> tuple[float
     return float(np.min(energies_ev) - half), float(np.max(energies_ev) + half)
 
 
+def _solution_grid(solution, n: int, use_symmetry: bool):
+    """The n x n grid of a solution's state (C3-reduced when its potentials keep C3 and there is no Fock)."""
+    potentials = np.stack([solution.potential_up_ev, solution.potential_down_ev])
+    return reduced_kgrid(solution.structure, n, potentials, use_symmetry=use_symmetry and solution.fock is None)
+
+
+def _add_states(out_spin, weight_k, energies_ev, e, vec, eta_ev, kind) -> None:
+    """Add w_k sum_n |psi_n(i)|^2 delta(E - e_n) of the given states to ``out_spin`` (nb, N)."""
+    weight = weight_k * delta_kernel(energies_ev[:, None] - e[None, :], eta_ev, kind)  # (nb, n_states)
+    prob = vec.real**2 + vec.imag**2 if np.iscomplexobj(vec) else vec * vec
+    out_spin += weight @ prob.T
+
+
 def _lorentzian_tails(solution, energies_ev, eta_ev, lo, hi, degenerate, use_symmetry) -> np.ndarray:
     """(2, nb, N) Lorentzian LDOS of the states outside (lo, hi), summed on the solution's own k grid.
 
     Far from the LDOS energies the Lorentzian is smooth in k, so the coarse self-consistency grid
     samples these tails well; on the solution's own grid the window and the tails add up to the full sum.
     """
-    potentials = np.stack([solution.potential_up_ev, solution.potential_down_ev])
-    grid = reduced_kgrid(solution.structure, int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1))),
-                         potentials, use_symmetry=use_symmetry and solution.fock is None)
+    grid = _solution_grid(solution, _scf_grid(solution), use_symmetry)
     out = np.zeros((2, len(energies_ev), solution.n_sites))
     for k, w in zip(grid.kpoints, grid.kweights):
         hams = solution.hamiltonians(k)
         for s in range(1 if degenerate else 2):
             e, vec = sla.eigh(hams[s], driver="evd", overwrite_a=True, check_finite=False)
             outside = (e <= lo) | (e > hi)
-            e, vec = e[outside], vec[:, outside]
-            weight = w * delta_kernel(energies_ev[:, None] - e[None, :], eta_ev, "lorentzian")
-            prob = vec.real**2 + vec.imag**2 if np.iscomplexobj(vec) else vec * vec
-            out[s] += weight @ prob.T
+            _add_states(out[s], w, energies_ev, e[outside], vec[:, outside], eta_ev, "lorentzian")
     return grid.symmetrise(out)
+
+
+def _scf_grid(solution) -> int:
+    return int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1)))
 
 
 def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_EV,
@@ -129,17 +141,15 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     eta = positive_number("broadening_ev", broadening_ev)
     if kind not in _KINDS:
         raise MoireSTMError(f"broadening kind must be one of {_KINDS}, got {kind!r}")
-    scf_grid = int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1)))
+    scf_grid = _scf_grid(solution)
     n_grid = scf_grid if ldos_kgrid is None else int(ldos_kgrid)
     if isinstance(ldos_kgrid, bool) or n_grid != (scf_grid if ldos_kgrid is None else ldos_kgrid) or n_grid < 1:
         raise MoireSTMError(f"LDOS k-grid size must be a positive integer, got {ldos_kgrid!r}")
-    potentials = np.stack([solution.potential_up_ev, solution.potential_down_ev])
-    grid = reduced_kgrid(solution.structure, n_grid, potentials,
-                         use_symmetry=use_symmetry and solution.fock is None)
+    grid = _solution_grid(solution, n_grid, use_symmetry)
     own_grid = len(grid.kpoints) == len(solution.kpoints) and np.allclose(grid.kpoints, solution.kpoints)
     energies = solution.mu_ev + bias
     lo, hi = ldos_window_ev(energies, eta)
-    degenerate = solution.fock is None and np.array_equal(potentials[0], potentials[1])
+    degenerate = solution.fock is None and np.array_equal(solution.potential_up_ev, solution.potential_down_ev)
     n = solution.n_sites
     out = np.zeros((2, len(bias), n))
     for ik, (k, w) in enumerate(zip(grid.kpoints, grid.kweights)):
@@ -157,9 +167,7 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
                 if len(stored) != len(inside) or not np.allclose(inside, stored, atol=1e-6):
                     raise MoireSTMError("the solution's Hamiltonian does not reproduce its stored bands "
                                         "(damaged or inconsistent solution)")
-            weight = w * delta_kernel(energies[:, None] - e[None, :], eta, kind)  # (nb, n_states)
-            prob = vec.real**2 + vec.imag**2 if np.iscomplexobj(vec) else vec * vec
-            out[s] += weight @ prob.T
+            _add_states(out[s], w, energies, e, vec, eta, kind)
     if kind == "lorentzian":  # tails of the states outside the window, on the self-consistency grid
         out += _lorentzian_tails(solution, energies, eta, lo, hi, degenerate, use_symmetry)
     if degenerate:
