@@ -132,3 +132,68 @@ def test_band_structure_dos_and_magic_distance_with_the_flat_layout_of_older_fil
     write_h5(tmp_path / "old.h5", "BandStructure", flat, {"k_nm": bs.k_nm, "distance_nm": bs.distance_nm,
                                                            "ticks_nm": bs.ticks_nm, "energies_ev": bs.energies_ev})
     assert same(BandStructure.load(tmp_path / "old.h5"), bs)
+
+
+# ----------------------------------------------------------------------------- mean field
+@pytest.fixture(scope="module")
+def tbg1():
+    from moirestm.hamiltonian import TightBinding
+    from moirestm.lattice import TBGLattice
+
+    return TightBinding(TBGLattice(1))
+
+
+def _flat_solution_file(sol, path: Path) -> None:
+    """``sol`` in the layout MeanFieldSolution.save wrote before the result base (scalars among the parameters,
+    arrays at the root, Fock pairs as ``fock_*``)."""
+    scalars = ("mu_ev", "free_energy_ev", "grand_potential_ev", "converged", "iterations", "wall_time_s")
+    arrays = {name: value for name, value in sol._record().items() if isinstance(value, np.ndarray)}
+    arrays.update({f"fock_{key}": value for key, value in (sol.fock or {}).items()})
+    write_h5(path, "MeanFieldSolution", dict(sol.params, **{name: getattr(sol, name) for name in scalars}), arrays)
+
+
+@pytest.mark.parametrize("fock", [False, True])
+def test_mean_field_solution_also_from_the_flat_layout(tbg1, tmp_path, fock):
+    from moirestm.meanfield import Interaction, MeanFieldSolution, solve
+
+    sol = solve(tbg1, Interaction(hubbard_u_ev=4.0, fock=fock), kgrid=1, max_iterations=40)
+    assert (sol.fock is not None) == fock
+    back = _roundtrip(sol, tmp_path / "sol.h5")
+    np.testing.assert_allclose(back.hamiltonians((0.1, 0.2))[0], sol.hamiltonians((0.1, 0.2))[0], atol=1e-12)
+    _flat_solution_file(sol, tmp_path / "old.h5")
+    assert same(MeanFieldSolution.load(tmp_path / "old.h5"), sol)
+
+
+def test_mean_field_solution_damage_is_named(tbg1, tmp_path):
+    import h5py
+
+    from moirestm.meanfield import Interaction, MeanFieldSolution, solve
+
+    sol = solve(tbg1, Interaction(hubbard_u_ev=1.0, coulomb="none"), kgrid=1, start="pm")
+    sol.save(tmp_path / "sol.h5")
+    with h5py.File(tmp_path / "sol.h5", "a") as f:
+        f["n_up"][0] = np.nan
+    with pytest.raises(MoireSTMError, match="damaged MeanFieldSolution, non-finite densities"):
+        MeanFieldSolution.load(tmp_path / "sol.h5")
+    _flat_solution_file(sol, tmp_path / "old.h5")
+    with h5py.File(tmp_path / "old.h5", "a") as f:
+        del f["bands_down"]
+    with pytest.raises(MoireSTMError, match="missing bands_down"):
+        MeanFieldSolution.load(tmp_path / "old.h5")
+
+
+def test_u_sweep_saves_each_solution_once(tbg1, tmp_path):
+    import h5py
+
+    from moirestm.meanfield import Interaction, USweep, sweep_u
+
+    res = sweep_u(tbg1, Interaction(coulomb="none"), [0.0, 6.0], kgrid=1, max_iterations=60)
+    assert isinstance(res, USweep)
+    back = _roundtrip(res, tmp_path / "u.h5")
+    for i, sol in enumerate(back.best):  # the best solutions are the passes' own entries again
+        assert sol is back.passes[res.best[i].params["sweep_pass"]][i]
+    assert same(back.table(), res.table()) and back.mean_iterations == res.mean_iterations
+    with h5py.File(tmp_path / "u.h5") as f:
+        names = []
+        f.visit(names.append)
+    assert sum(name.endswith("/n_up") for name in names) == 4  # two passes x two U values

@@ -388,6 +388,8 @@ def _decode(value, arrays: dict):
     if not isinstance(value, dict):
         return value
     if "__array__" in value:
+        if value["__array__"] not in arrays:
+            raise KeyError(f"missing {value['__array__']}")
         return arrays[value["__array__"]]
     if "__strarray__" in value:
         return np.array(value["__strarray__"], dtype=value["dtype"] if value["dtype"][1] != "O" else object)

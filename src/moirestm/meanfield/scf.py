@@ -48,6 +48,7 @@ from ..constants import (
     TEMPERATURE_K,
 )
 from ..errors import MoireSTMError, finite_number, positive_number
+from ..io import Result
 from .interaction import Interaction, coulomb_matrix, fock_pairs
 from .solution import MeanFieldSolution, fock_matrix
 from .symmetry import KGrid
@@ -680,8 +681,8 @@ def _solution(tb, setup: Setup, interaction: Interaction, state: _State, runner:
 
 # ============================================================================ U continuation
 @dataclass
-class USweep:
-    """Result of a U continuation.
+class USweep(Result):
+    """Result of a U continuation (saved and loaded through :class:`moirestm.io.Result`).
 
     Attributes
     ----------
@@ -692,6 +693,18 @@ class USweep:
     u_ev: np.ndarray
     best: list
     passes: dict
+
+    def _record(self) -> dict:
+        """The fields; a best solution that is an entry of a pass is recorded as that pass's name (saved once)."""
+        record = super()._record()
+        record["best"] = [next((name for name, sols in self.passes.items() if i < len(sols) and sols[i] is sol), sol)
+                          for i, sol in enumerate(self.best)]
+        return record
+
+    @classmethod
+    def _from_record(cls, record: dict) -> "USweep":
+        best = [record["passes"][b][i] if isinstance(b, str) else b for i, b in enumerate(record["best"])]
+        return cls(record["u_ev"], best, record["passes"])
 
     def table(self) -> list[dict]:
         """One row per U: order parameters, energies, iterations, which pass won."""

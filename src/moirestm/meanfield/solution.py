@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 import numpy as np
 
 from ..errors import MoireSTMError
-from ..io import read_h5, write_h5
+from ..io import Result
 
-KIND = "MeanFieldSolution"
-_ARRAYS = ("n_up", "n_down", "residuals", "energies_ev", "kpoints", "kweights", "bands_up", "bands_down",
-           "potential_up_ev", "potential_down_ev", "positions_nm", "layer", "sublattice", "superlattice_nm")
-_FOCK_ARRAYS = ("fock_i", "fock_j", "fock_shift", "fock_up_ev", "fock_down_ev")
+#: Keys of the Fock pair record (datasets ``fock_<key>`` in files written before the result base).
+_FOCK_KEYS = ("i", "j", "shift", "up_ev", "down_ev")
 
 
 @dataclass
-class MeanFieldSolution:
+class MeanFieldSolution(Result):
     """Self-consistent spin-collinear mean-field state of a periodic p_z structure.
 
     Attributes
@@ -37,7 +35,11 @@ class MeanFieldSolution:
     positions_nm, layer, sublattice, superlattice_nm : the structure's geometry.
     fock : None or dict with pair arrays ``i``, ``j``, ``shift`` (P, 2) and ``up_ev``, ``down_ev`` (P,)
         real-space exchange hoppings.
+
+    Saved and loaded through :class:`moirestm.io.Result` (the model ``_tb`` is rebuilt on first use).
     """
+
+    TRANSIENT = ("_tb",)
 
     n_up: np.ndarray
     n_down: np.ndarray
@@ -124,54 +126,43 @@ class MeanFieldSolution:
         return out[0], out[1]
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path) -> None:
-        """Write to an HDF5 file (atomic)."""
-        params = dict(self.params, mu_ev=self.mu_ev, free_energy_ev=self.free_energy_ev,
-                      grand_potential_ev=self.grand_potential_ev, converged=bool(self.converged),
-                      iterations=int(self.iterations), wall_time_s=float(self.wall_time_s))
-        arrays = {name: getattr(self, name) for name in _ARRAYS}
-        if self.fock is not None:
-            arrays.update({"fock_i": self.fock["i"], "fock_j": self.fock["j"], "fock_shift": self.fock["shift"],
-                           "fock_up_ev": self.fock["up_ev"], "fock_down_ev": self.fock["down_ev"]})
-        write_h5(path, KIND, params, arrays)
-
     @classmethod
     def load(cls, path) -> "MeanFieldSolution":
-        """Read a solution written by :meth:`save`; damaged or foreign files raise MoireSTMError."""
-        params, arrays, _ = read_h5(path, KIND)
-        missing = [name for name in _ARRAYS if name not in arrays]
-        scalars = ("mu_ev", "free_energy_ev", "grand_potential_ev", "converged", "iterations", "wall_time_s")
-        missing += [name for name in scalars + ("interaction", "structure") if name not in params]
+        """Read a solution written by :meth:`save` (or by moirestm before the result base); damaged or
+        foreign files raise MoireSTMError."""
+        sol = super().load(path)
+        problem = sol._damage()
+        if problem:
+            raise MoireSTMError(f"{path}: damaged MeanFieldSolution, {problem}")
+        return sol
+
+    @classmethod
+    def _from_flat(cls, params: dict, arrays: dict) -> "MeanFieldSolution":
+        """A file of the flat layout (scalars among the parameters, Fock pairs as ``fock_*`` datasets)."""
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [name for name in required if name not in arrays and name not in params and name != "params"]
         if missing:
-            raise MoireSTMError(f"{path}: damaged MeanFieldSolution, missing {', '.join(missing)}")
-        n = len(arrays["n_up"])
-        for name in ("n_down", "potential_up_ev", "potential_down_ev", "layer", "sublattice"):
-            if arrays[name].shape != (n,):
-                raise MoireSTMError(f"{path}: damaged MeanFieldSolution, {name} has shape {arrays[name].shape}")
-        m = len(arrays["kweights"])
-        for name in ("bands_up", "bands_down"):
-            if arrays[name].shape != (m, n):
-                raise MoireSTMError(f"{path}: damaged MeanFieldSolution, {name} has shape {arrays[name].shape}")
-        if arrays["positions_nm"].shape != (n, 3) or arrays["superlattice_nm"].shape != (2, 2):
-            raise MoireSTMError(f"{path}: damaged MeanFieldSolution, geometry arrays have wrong shapes")
-        if not (np.all(np.isfinite(arrays["n_up"])) and np.all(np.isfinite(arrays["n_down"]))):
-            raise MoireSTMError(f"{path}: damaged MeanFieldSolution, non-finite densities")
-        values = {name: params.pop(name) for name in scalars}
+            raise KeyError(f"missing {', '.join(missing)}")
         fock = None
-        if all(name in arrays for name in _FOCK_ARRAYS):
-            fock = {"i": arrays["fock_i"], "j": arrays["fock_j"], "shift": arrays["fock_shift"],
-                    "up_ev": arrays["fock_up_ev"], "down_ev": arrays["fock_down_ev"]}
-        return cls(
-            n_up=arrays["n_up"], n_down=arrays["n_down"], mu_ev=float(values["mu_ev"]),
-            free_energy_ev=float(values["free_energy_ev"]), grand_potential_ev=float(values["grand_potential_ev"]),
-            converged=bool(values["converged"]), iterations=int(values["iterations"]),
-            residuals=arrays["residuals"], energies_ev=arrays["energies_ev"],
-            wall_time_s=float(values["wall_time_s"]), params=params, kpoints=arrays["kpoints"],
-            kweights=arrays["kweights"], bands_up=arrays["bands_up"], bands_down=arrays["bands_down"],
-            potential_up_ev=arrays["potential_up_ev"], potential_down_ev=arrays["potential_down_ev"],
-            positions_nm=arrays["positions_nm"], layer=arrays["layer"], sublattice=arrays["sublattice"],
-            superlattice_nm=arrays["superlattice_nm"], fock=fock,
-        )
+        if all(f"fock_{key}" in arrays for key in _FOCK_KEYS):
+            fock = {key: arrays[f"fock_{key}"] for key in _FOCK_KEYS}
+        return replace(super()._from_flat(params, arrays), fock=fock)
+
+    def _damage(self) -> str:
+        """What makes a loaded solution unusable ("" when nothing)."""
+        missing = [name for name in ("interaction", "structure") if name not in self.params]
+        if missing:
+            return f"missing {', '.join(missing)}"
+        n, m = len(self.n_up), len(self.kweights)
+        shapes = {"n_down": (n,), "potential_up_ev": (n,), "potential_down_ev": (n,), "layer": (n,),
+                  "sublattice": (n,), "bands_up": (m, n), "bands_down": (m, n), "positions_nm": (n, 3),
+                  "superlattice_nm": (2, 2)}
+        for name, shape in shapes.items():
+            if np.shape(getattr(self, name)) != shape:
+                return f"{name} has shape {np.shape(getattr(self, name))}, expected {shape}"
+        if not (np.all(np.isfinite(self.n_up)) and np.all(np.isfinite(self.n_down))):
+            return "non-finite densities"
+        return ""
 
     def summary(self) -> dict:
         """Plain-data summary (energies, convergence, orders)."""
