@@ -60,10 +60,10 @@ def test_interaction_rejects_bad_parameters(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"kgrid": 0}, "k-grid"),
-    ({"kgrid": 2.5}, "k-grid"),
-    ({"filling": 28.0}, "impossible"),
-    ({"filling": -30.0}, "impossible"),
+    ({"kgrid": 0}, "kgrid must be >= 1"),
+    ({"kgrid": 2.5}, "kgrid must be an integer"),
+    ({"filling": 28.0}, "filling must be <= 8"),
+    ({"filling": -30.0}, "filling must be >= -8"),
     ({"filling": 0.0, "mu_ev": 0.1}, "exactly one"),
     ({"filling": None}, "exactly one"),
     ({"temperature_k": 0.0}, "temperature"),

@@ -47,8 +47,9 @@ from ..constants import (
     SCF_START_MOMENT,
     TEMPERATURE_K,
 )
-from ..errors import MoireSTMError, finite_number, positive_number
+from ..errors import MoireSTMError, positive_number
 from ..io import Result
+from ..parameters import validate
 from .interaction import Interaction, coulomb_matrix, fock_pairs
 from .solution import MeanFieldSolution, fock_matrix
 from .symmetry import KGrid
@@ -555,27 +556,23 @@ def solve(tb, interaction: Interaction, filling: float | None = 0.0, mu_ev: floa
     t_start = time.perf_counter()
     if not isinstance(interaction, Interaction):
         raise MoireSTMError(f"interaction must be a moirestm.meanfield.Interaction, got {type(interaction).__name__}")
-    kgrid = _check_kgrid(kgrid)
-    n = tb.n_sites
-    temperature_k = positive_number("temperature_k", temperature_k)
-    kt = BOLTZMANN_EV_PER_K * temperature_k
     if (filling is None) == (mu_ev is None):
         raise MoireSTMError("give exactly one of filling (electrons per cell relative to neutrality) or mu_ev")
+    # the registry's names and ranges, as on the command line (one line naming the parameter)
+    kgrid, temperature_k, mu_ev, seed, max_iterations, density_tol, energy_tol_ev, mixing, diis_history, \
+        start_moment = (validate(name, value, "solve") for name, value in (
+            ("kgrid", kgrid), ("temperature_k", temperature_k), ("mu_ev", mu_ev), ("seed", seed),
+            ("max_iterations", max_iterations), ("density_tol", density_tol), ("energy_tol_ev", energy_tol_ev),
+            ("mixing", mixing), ("diis_history", diis_history), ("start_moment", start_moment)))
+    n = tb.n_sites
+    kt = BOLTZMANN_EV_PER_K * temperature_k
     electrons = None
     if filling is not None:
-        filling = finite_number("filling", filling)
+        filling = validate("filling", filling, "solve")
         if not -n < filling < n:
-            raise MoireSTMError(f"filling {filling} is impossible: it must lie strictly between {-n} and {n} "
+            raise MoireSTMError(f"solve: filling {filling} is impossible: it must lie strictly between {-n} and {n} "
                                 f"electrons per cell for this {n}-site cell")
         electrons = n + filling
-    else:
-        mu_ev = finite_number("mu_ev", mu_ev)
-    for name, value in (("density_tol", density_tol), ("energy_tol_ev", energy_tol_ev), ("mixing", mixing)):
-        positive_number(name, value)
-    if not 0 < mixing <= 1:
-        raise MoireSTMError(f"mixing must lie in (0, 1], got {mixing}")
-    if isinstance(max_iterations, bool) or int(max_iterations) < 1:
-        raise MoireSTMError(f"max_iterations must be a positive integer, got {max_iterations!r}")
     if max_seconds is not None:
         positive_number("max_seconds", max_seconds)
     if setup is None or not setup.compatible(tb, interaction, kgrid) or setup.use_symmetry != bool(use_symmetry):
