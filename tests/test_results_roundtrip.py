@@ -197,3 +197,57 @@ def test_u_sweep_saves_each_solution_once(tbg1, tmp_path):
         names = []
         f.visit(names.append)
     assert sum(name.endswith("/n_up") for name in names) == 4  # two passes x two U values
+
+
+# ----------------------------------------------------------------------------- observables
+@pytest.fixture(scope="module")
+def stm_and_ft(tbg1):
+    from moirestm.meanfield import Interaction, solve
+    from moirestm.observables import ft_ldos, site_ldos, stm_map
+
+    sol = solve(tbg1, Interaction(hubbard_u_ev=2.0), kgrid=1, max_iterations=40)
+    ldos = site_ldos(sol, [0.0, 0.05], ldos_kgrid=2)
+    image = stm_map(ldos, bias_index=1, n_cells=1, pixels_per_nm=8.0)
+    return image, ft_ldos(ldos, size=16)
+
+
+def test_stm_map_and_ft_image_also_from_the_flat_layout(stm_and_ft, tmp_path):
+    from moirestm.observables import FTImage, STMMap
+
+    image, ft = stm_and_ft
+    assert _roundtrip(image, tmp_path / "map.h5").params["bias_ev"] == 0.05
+    assert _roundtrip(ft, tmp_path / "ft.h5").image.dtype == np.float32
+    for result, axes, name in ((image, ("x_nm", "y_nm"), "old_map.h5"), (ft, ("kx_nm", "ky_nm"), "old_ft.h5")):
+        arrays = {name_: getattr(result, name_) for name_ in ("image",) + axes}
+        write_h5(tmp_path / name, result.KIND, result.params, arrays)  # the layout before the result base
+        assert same(type(result).load(tmp_path / name), result)
+    write_h5(tmp_path / "f64.h5", "FTImage", ft.params, {"image": ft.image.astype(float), "kx_nm": ft.kx_nm,
+                                                          "ky_nm": ft.ky_nm})
+    assert FTImage.load(tmp_path / "f64.h5").image.dtype == np.float32
+    assert STMMap.load(tmp_path / "old_map.h5").image.shape == (len(image.y_nm), len(image.x_nm))
+
+
+def test_stm_map_and_ft_image_damage_is_named(stm_and_ft, tmp_path):
+    import h5py
+
+    from moirestm.observables import FTImage, STMMap
+
+    image, ft = stm_and_ft
+    for result, axis in ((image, "x_nm"), (ft, "ky_nm")):
+        path = tmp_path / f"{result.KIND}.h5"
+        result.save(path)
+        with h5py.File(path, "a") as f:
+            data = f[axis][()]
+            del f[axis]
+            f[axis] = data[:-1]
+        with pytest.raises(MoireSTMError, match=f"damaged {result.KIND}, image shape .* does not match the axes"):
+            type(result).load(path)
+        with h5py.File(path, "a") as f:
+            del f[axis]
+        with pytest.raises(MoireSTMError, match=f"damaged {result.KIND} record .*missing {axis}"):
+            type(result).load(path)
+    with pytest.raises(MoireSTMError, match="holds a STMMap, expected a FTImage"):
+        FTImage.load(tmp_path / "STMMap.h5")
+    with pytest.raises(MoireSTMError, match="refusing to overwrite .* holds a FTImage"):
+        image.save(tmp_path / "FTImage.h5")
+    assert STMMap.KIND == "STMMap"

@@ -17,13 +17,14 @@ Images are (ny, nx) arrays, row index along k_y, column index along k_x.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..constants import FT_IMAGE_SIZE, FT_WINDOW_FRACTION, GRAPHENE_LATTICE_NM
 from ..errors import MoireSTMError
-from ..io import read_h5, write_h5
+from ..io import Result
+from .stm import check_image_axes
 
 #: finufft relative tolerance; gives ~1e-11 relative error against the direct sum.
 NUFFT_EPS = 1e-12
@@ -43,8 +44,8 @@ def default_window_nm(lattice_constant_nm: float = GRAPHENE_LATTICE_NM,
 
 
 @dataclass(frozen=True)
-class FTImage:
-    """FT-LDOS magnitude image.
+class FTImage(Result):
+    """FT-LDOS magnitude image (saved and loaded through :class:`moirestm.io.Result`).
 
     Attributes
     ----------
@@ -58,19 +59,11 @@ class FTImage:
     ky_nm: np.ndarray
     params: dict = field(default_factory=dict)
 
-    def save(self, path) -> None:
-        """Write to a self-describing HDF5 file."""
-        write_h5(path, "FTImage", self.params,
-                 {"image": self.image, "kx_nm": self.kx_nm, "ky_nm": self.ky_nm})
-
     @classmethod
     def load(cls, path) -> "FTImage":
-        """Read a file written by :meth:`save`."""
-        params, arrays, _ = read_h5(path, "FTImage")
-        missing = {"image", "kx_nm", "ky_nm"} - set(arrays)
-        if missing:
-            raise MoireSTMError(f"{path}: FTImage file lacks dataset(s) {sorted(missing)}")
-        return cls(arrays["image"].astype(np.float32), arrays["kx_nm"], arrays["ky_nm"], params)
+        """Read an image written by :meth:`save` (or before the result base); MoireSTMError when damaged."""
+        ft = check_image_axes(super().load(path), path, "kx_nm", "ky_nm")
+        return replace(ft, image=np.asarray(ft.image, dtype=np.float32))
 
     def plot(self, ax=None, cmap: str = "inferno"):
         """Show the image with k axes in nm^-1 (:func:`moirestm.plot.ft_image`; colours for viewing only)."""

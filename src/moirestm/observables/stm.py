@@ -16,16 +16,15 @@ import numpy as np
 
 from ..constants import STM_DECAY_PER_NM, STM_ORBITAL_WIDTH_NM, STM_PIXELS_PER_NM
 from ..errors import MoireSTMError, positive_number
-from ..io import read_h5, write_h5
+from ..io import Result
 
-KIND = "STMMap"
 #: Gaussians are cut at this many standard deviations.
 _REACH = 6.0
 
 
 @dataclass
-class STMMap:
-    """STM image on a regular real-space grid.
+class STMMap(Result):
+    """STM image on a regular real-space grid (saved and loaded through :class:`moirestm.io.Result`).
 
     Attributes
     ----------
@@ -39,19 +38,10 @@ class STMMap:
     image: np.ndarray
     params: dict = field(default_factory=dict)
 
-    def save(self, path, overwrite: bool = False) -> None:
-        write_h5(path, KIND, self.params, {"x_nm": self.x_nm, "y_nm": self.y_nm, "image": self.image},
-                 overwrite=overwrite)
-
     @classmethod
     def load(cls, path) -> "STMMap":
-        params, arrays, _ = read_h5(path, KIND)
-        missing = {"x_nm", "y_nm", "image"} - set(arrays)
-        if missing:
-            raise MoireSTMError(f"{path}: damaged STMMap, missing {', '.join(sorted(missing))}")
-        if arrays["image"].shape != (len(arrays["y_nm"]), len(arrays["x_nm"])):
-            raise MoireSTMError(f"{path}: damaged STMMap, image shape {arrays['image'].shape} does not match axes")
-        return cls(arrays["x_nm"], arrays["y_nm"], arrays["image"], params)
+        """Read a map written by :meth:`save` (or before the result base); MoireSTMError when damaged."""
+        return check_image_axes(super().load(path), path, "x_nm", "y_nm")
 
     def plot(self, path=None, title: str | None = None, cmap: str = "inferno", overwrite: bool = False):
         """The map with nm axes (:func:`moirestm.plot.stm_map`); saved to ``path`` if given."""
@@ -143,3 +133,13 @@ def stm_map(site_ldos, bias_index: int = 0, n_cells: int = 3, pixels_per_nm: flo
         "ldos": {k: v for k, v in site_ldos.params.items() if k != "energies_ev"},
     }
     return STMMap(x, y, image, params)
+
+
+def check_image_axes(result, path, x: str, y: str):
+    """``result`` (with ``image`` (ny, nx) and axes ``x`` (nx,), ``y`` (ny,)) as loaded from ``path``;
+    MoireSTMError naming the file when the shapes disagree."""
+    shape = (len(getattr(result, y)), len(getattr(result, x)))
+    if np.shape(result.image) != shape:
+        raise MoireSTMError(f"{path}: damaged {result.KIND}, image shape {np.shape(result.image)} does not match "
+                            f"the axes {x}, {y} {shape}")
+    return result
