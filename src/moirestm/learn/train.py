@@ -1,14 +1,17 @@
 """Training: the stages that turn a store into a :class:`~moirestm.learn.run.Run` directory.
 
-:func:`train` checks the configuration (:func:`check_config`), then :func:`_fit` makes the split
-and normalisation, runs the epochs (``last.pt`` after each, for ``resume``), fits the kernel blend
-(:func:`fit_kernel_blend`) and the calibration (:func:`calibrate`) and saves the run (the layout is
-described in :mod:`moirestm.learn.run`).
+:func:`train` checks the configuration (:func:`check_config`), then :func:`_fit` runs the stages:
+data preparation (:func:`_prepare_data`: split, normalisation, model configuration), model
+construction (:func:`_build_model`), the epoch loop (:func:`_run_epochs`, with :func:`_select` keeping
+the best epoch and :func:`_checkpoint` writing ``last.pt`` after each, for ``resume``) and result
+assembly (:func:`_assemble`: kernel blend :func:`fit_kernel_blend`, calibration :func:`calibrate`,
+the saved run; the layout is described in :mod:`moirestm.learn.run`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import shutil
 import time
@@ -180,137 +183,206 @@ def check_config(cfg: TrainConfig) -> None:
 
 def _fit(cfg: TrainConfig, st, store, split, out: Path, model: str, augment: Augmenter, device, resume: bool,
          progress: bool) -> Run:
-    """The training stages: split and normalisation, epochs, blend, calibration, save."""
+    """The training stages: data, model, epochs (checkpointed, best epoch kept), blend, calibration, save."""
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-
-    resume_state = None
-    if resume and (out / LAST).exists():
-        resume_state = _load_checkpoint(out / LAST)
-        saved = dict(resume_state["config"])
-        now = cfg.to_dict()
-        defaults = TrainConfig().to_dict()  # runs saved before a field existed used its default
-        diff = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k, defaults[k]) != now[k]]
-        if diff:
-            raise MoireSTMError("cannot resume: config differs from the saved run in "
-                                + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff))
-        split_obj = Split.from_dict(resume_state["split"])
-        normalizer = Normalizer.from_state(resume_state["normalizer"])
-        model_config = resume_state["model_config"]
-    elif resume:
-        raise MoireSTMError(f"cannot resume: {out / LAST} not found")
-    else:
-        split_obj = split if isinstance(split, Split) else make_split(
-            st, cfg.split, seed=cfg.seed, target=cfg.targets[0], val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction)
-        if not split_obj.train or not split_obj.val:
-            raise MoireSTMError("the split has an empty training or validation part")
-        train_images = [st.image(k) for k in split_obj.train]
-        first = np.asarray(train_images[0])
-        size = cfg.input_size or min(DEFAULT_INPUT_SIZE[model], *first.shape[-2:])
-        normalizer = Normalizer.fit([_checked(im, first.shape) for im in train_images],
-                                    targets_of(st, split_obj.train, cfg.targets), cfg.targets,
-                                    None if size == first.shape[-1] == first.shape[-2] else size,
-                                    standardise=cfg.standardise, channels=getattr(st, "channels", None))
-        model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
-                        **({"in_channels": normalizer.n_channels} if normalizer.channels else {}),
-                        **cfg.model_options}
+    resume_state = _resume_state(cfg, out, resume)
+    split_obj, normalizer, model_config = _prepare_data(cfg, st, split, model, resume_state)
     write_json(out / "split.json", split_obj.to_dict(), "Split", overwrite=True)
-
     train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
     val_ds = ImageDataset(st, split_obj.val, normalizer)
+    net, opt, loop = _build_model(cfg, model_config, device, resume_state, out)
+    checkpoint = functools.partial(_checkpoint, out / LAST, cfg, split_obj, normalizer, model_config)
+    _run_epochs(cfg, net, opt, loop, train_ds, val_ds, device, progress, checkpoint)
+    return _assemble(cfg, st, store, out, net, model_config, normalizer, split_obj, loop, train_ds, val_ds)
+
+
+def _resume_state(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
+    """The saved ``last.pt`` of a run to resume (its config must match ``cfg``); None for a new run."""
+    if not resume:
+        return None
+    if not (out / LAST).exists():
+        raise MoireSTMError(f"cannot resume: {out / LAST} not found")
+    state = _load_checkpoint(out / LAST)
+    saved = dict(state["config"])
+    now = cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # runs saved before a field existed used its default
+    diff = [k for k in now if k not in TrainConfig.RESUMABLE and saved.get(k, defaults[k]) != now[k]]
+    if diff:
+        raise MoireSTMError("cannot resume: config differs from the saved run in "
+                            + ", ".join(f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in diff))
+    return state
+
+
+def _prepare_data(cfg: TrainConfig, st, split, model: str, resume_state: dict | None
+                  ) -> tuple[Split, Normalizer, dict]:
+    """Data preparation: the split, the normalisation fitted on the training part and the model
+    configuration (input shape, targets, channels); a resumed run's own."""
+    if resume_state is not None:
+        return (Split.from_dict(resume_state["split"]), Normalizer.from_state(resume_state["normalizer"]),
+                resume_state["model_config"])
+    split_obj = split if isinstance(split, Split) else make_split(
+        st, cfg.split, seed=cfg.seed, target=cfg.targets[0], val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction)
+    if not split_obj.train or not split_obj.val:
+        raise MoireSTMError("the split has an empty training or validation part")
+    train_images = [st.image(k) for k in split_obj.train]
+    first = np.asarray(train_images[0])
+    size = cfg.input_size or min(DEFAULT_INPUT_SIZE[model], *first.shape[-2:])
+    normalizer = Normalizer.fit([_checked(im, first.shape) for im in train_images],
+                                targets_of(st, split_obj.train, cfg.targets), cfg.targets,
+                                None if size == first.shape[-1] == first.shape[-2] else size,
+                                standardise=cfg.standardise, channels=getattr(st, "channels", None))
+    model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
+                    **({"in_channels": normalizer.n_channels} if normalizer.channels else {}),
+                    **cfg.model_options}
+    return split_obj, normalizer, model_config
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop carries from epoch to epoch (and ``last.pt`` keeps for ``resume``)."""
+
+    best_state: dict
+    schedule_epochs: int
+    start_epoch: int = 0
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"score": float("inf"), "epoch": -1})
+    bad_epochs: int = 0
+    elapsed_before: float = 0.0
+    epoch_times: list = field(default_factory=list)
+    stopped: str = "epochs"
+    t0: float = 0.0
+
+    def elapsed(self) -> float:
+        """Training seconds so far, earlier sessions of a resumed run included."""
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+
+def _build_model(cfg: TrainConfig, model_config: dict, device, resume_state: dict | None, out: Path
+                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, _Loop]:
+    """Model construction: the network, its AdamW optimiser and the loop state (a resumed run's own)."""
     net = build_model(model_config).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, history, best = 0, [], {"score": float("inf"), "epoch": -1}
-    best_state = copy.deepcopy(net.state_dict())
-    bad_epochs, elapsed_before, schedule_epochs, epoch_times = 0, 0.0, cfg.epochs, []
+    loop = _Loop(best_state=copy.deepcopy(net.state_dict()), schedule_epochs=cfg.epochs)
     if resume_state is not None:
         load_strict(net, resume_state["state_dict"], where=str(out / LAST))
         opt.load_state_dict(resume_state["optimizer"])
         if resume_state["config"]["epochs"] == cfg.epochs:  # else: continue on the cosine of the new length
-            schedule_epochs = resume_state.get("schedule_epochs", cfg.epochs)
-        start_epoch = resume_state["epoch"] + 1
-        history, best, bad_epochs = resume_state["history"], resume_state["best"], resume_state["bad_epochs"]
-        best_state = resume_state["best_state"]
-        elapsed_before = resume_state.get("elapsed_s", 0.0)
+            loop.schedule_epochs = resume_state.get("schedule_epochs", cfg.epochs)
+        loop.start_epoch = resume_state["epoch"] + 1
+        loop.history, loop.best = resume_state["history"], resume_state["best"]
+        loop.bad_epochs, loop.best_state = resume_state["bad_epochs"], resume_state["best_state"]
+        loop.elapsed_before = resume_state.get("elapsed_s", 0.0)
+    return net, opt, loop
 
-    t0 = time.perf_counter()
-    budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0 - elapsed_before
+
+def _run_epochs(cfg: TrainConfig, net, opt, loop: _Loop, train_ds: ImageDataset, val_ds: ImageDataset, device,
+                progress: bool, checkpoint) -> None:
+    """The epoch loop: train, validate, keep the best epoch, refit the schedule to the time budget and
+    ``checkpoint(net, opt, epoch, loop)`` after every epoch; ``loop.stopped`` says why it ended."""
+    loop.t0 = time.perf_counter()
+    budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0 - loop.elapsed_before
     has_batchnorm = any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-    stopped = "epochs"
-    bar = _progress(progress)
-    with bar:
-        task = bar.add_task("training", total=cfg.epochs, completed=start_epoch, info="")
-        for epoch in range(start_epoch, cfg.epochs):
-            if bad_epochs >= cfg.patience:
-                stopped = "early stopping"
+    with _progress(progress) as bar:
+        task = bar.add_task("training", total=cfg.epochs, completed=loop.start_epoch, info="")
+        for epoch in range(loop.start_epoch, cfg.epochs):
+            if loop.bad_epochs >= cfg.patience:
+                loop.stopped = "early stopping"
                 break
             t_epoch = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(cfg.lr, epoch, schedule_epochs)
-            train_ds.set_epoch(epoch)
-            torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout masks: a function of (seed, epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds))
-            net.train()
-            losses, timed_out = [], False
-            for first in range(0, len(order), cfg.batch_size):
-                batch = order[first:first + cfg.batch_size]
-                if len(batch) < 2 and has_batchnorm:
-                    continue  # batch norm needs >1 sample
-                x, y = train_ds.batch(batch)
-                opt.zero_grad(set_to_none=True)
-                loss = LOSSES[cfg.loss](net(x.to(device)), y.to(device))
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                if budget is not None and time.perf_counter() - t0 > budget:
-                    timed_out = True
-                    break
+            losses, timed_out = _train_epoch(cfg, net, opt, train_ds, epoch, loop, has_batchnorm, device, budget)
             pred, true = predict_standardised(net, val_ds, device=device)
             mae = np.mean(np.abs(pred - true), axis=0)  # per target, in units of the target std
-            score = float(np.mean(mae))
-            mae_phys = (mae * normalizer.target_std).tolist()
-            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                            "val_mae": mae_phys, "lr": float(opt.param_groups[0]["lr"]),
-                            "time_s": elapsed_before + time.perf_counter() - t0})
-            if score < best["score"]:
-                best = {"score": score, "epoch": epoch, "val_mae": mae_phys,
-                        "time_s": elapsed_before + time.perf_counter() - t0}
-                best_state = copy.deepcopy(net.state_dict())
-                bad_epochs = 0
-            elif epoch >= cfg.min_epochs:
-                bad_epochs += 1
-            if budget is not None and epoch > start_epoch and not timed_out:
-                # fit the cosine into the time budget at the median cost of the recent epochs (the first
-                # epoch, which reads the data, is left out); re-fitted every epoch in both directions, so a
-                # slow spell early on (other jobs on the cores) does not shorten the run for good
-                epoch_times.append(time.perf_counter() - t_epoch)
-                left = budget - (time.perf_counter() - t0)
-                cost = float(np.median(epoch_times[-EPOCH_COST_WINDOW:]))
-                schedule_epochs = min(cfg.epochs, epoch + 1 + int(BUDGET_MARGIN * left / cost))
-            _atomic_save({"config": cfg.to_dict(), "split": split_obj.to_dict(), "normalizer": normalizer.state(),
-                          "model_config": model_config, "state_dict": net.state_dict(),
-                          "optimizer": opt.state_dict(), "epoch": epoch, "schedule_epochs": schedule_epochs,
-                          "history": history, "best": best, "bad_epochs": bad_epochs, "best_state": best_state,
-                          "elapsed_s": elapsed_before + time.perf_counter() - t0}, out / LAST)
-            bar.update(task, advance=1, info=f"val MAE {mae_phys[0]:.4g} (best {best['val_mae'][0]:.4g} "
-                                             f"@ {best['epoch']})")
+            mae_phys = (mae * val_ds.normalizer.target_std).tolist()
+            loop.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                                 "val_mae": mae_phys, "lr": float(opt.param_groups[0]["lr"]),
+                                 "time_s": loop.elapsed()})
+            _select(loop, net, epoch, float(np.mean(mae)), mae_phys, cfg.min_epochs)
+            if budget is not None and epoch > loop.start_epoch and not timed_out:
+                _refit_schedule(loop, cfg.epochs, epoch, budget, time.perf_counter() - t_epoch)
+            checkpoint(net, opt, epoch, loop)
+            bar.update(task, advance=1, info=f"val MAE {mae_phys[0]:.4g} (best {loop.best['val_mae'][0]:.4g} "
+                                             f"@ {loop.best['epoch']})")
             if timed_out:
-                stopped = "time budget"
+                loop.stopped = "time budget"
                 break
-            if epoch + 1 >= schedule_epochs < cfg.epochs:
-                stopped = "schedule fitted to the time budget"
+            if epoch + 1 >= loop.schedule_epochs < cfg.epochs:
+                loop.stopped = "schedule fitted to the time budget"
                 break
         else:
-            if bad_epochs >= cfg.patience:
-                stopped = "early stopping"
+            if loop.bad_epochs >= cfg.patience:
+                loop.stopped = "early stopping"
 
-    if best["epoch"] < 0:
+
+def _train_epoch(cfg: TrainConfig, net, opt, train_ds: ImageDataset, epoch: int, loop: _Loop, has_batchnorm: bool,
+                 device, budget: float | None) -> tuple[list[float], bool]:
+    """One pass over the training part at the epoch's cosine learning rate; (batch losses, out of time)."""
+    for group in opt.param_groups:
+        group["lr"] = cosine_lr(cfg.lr, epoch, loop.schedule_epochs)
+    train_ds.set_epoch(epoch)
+    torch.manual_seed(cfg.seed * 100003 + epoch)  # dropout masks: a function of (seed, epoch)
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds))
+    net.train()
+    losses = []
+    for first in range(0, len(order), cfg.batch_size):
+        batch = order[first:first + cfg.batch_size]
+        if len(batch) < 2 and has_batchnorm:
+            continue  # batch norm needs >1 sample
+        x, y = train_ds.batch(batch)
+        opt.zero_grad(set_to_none=True)
+        loss = LOSSES[cfg.loss](net(x.to(device)), y.to(device))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if budget is not None and time.perf_counter() - loop.t0 > budget:
+            return losses, True
+    return losses, False
+
+
+def _select(loop: _Loop, net, epoch: int, score: float, mae_phys: list, min_epochs: int) -> None:
+    """Keep the epoch with the lowest validation score (mean standardised MAE); count the epochs without a
+    better one after ``min_epochs`` (early stopping)."""
+    if score < loop.best["score"]:
+        loop.best = {"score": score, "epoch": epoch, "val_mae": mae_phys, "time_s": loop.elapsed()}
+        loop.best_state = copy.deepcopy(net.state_dict())
+        loop.bad_epochs = 0
+    elif epoch >= min_epochs:
+        loop.bad_epochs += 1
+
+
+def _refit_schedule(loop: _Loop, epochs: int, epoch: int, budget: float, epoch_s: float) -> None:
+    """Fit the cosine into the time budget at the median cost of the recent epochs.
+
+    The first epoch, which reads the data, is left out; re-fitted every epoch in both directions, so
+    a slow spell early on (other jobs on the cores) does not shorten the run for good.
+    """
+    loop.epoch_times.append(epoch_s)
+    left = budget - (time.perf_counter() - loop.t0)
+    cost = float(np.median(loop.epoch_times[-EPOCH_COST_WINDOW:]))
+    loop.schedule_epochs = min(epochs, epoch + 1 + int(BUDGET_MARGIN * left / cost))
+
+
+def _checkpoint(path: Path, cfg: TrainConfig, split_obj: Split, normalizer: Normalizer, model_config: dict, net,
+                opt, epoch: int, loop: _Loop) -> None:
+    """Write ``last.pt``: everything :func:`train` needs to resume after ``epoch``."""
+    _atomic_save({"config": cfg.to_dict(), "split": split_obj.to_dict(), "normalizer": normalizer.state(),
+                  "model_config": model_config, "state_dict": net.state_dict(), "optimizer": opt.state_dict(),
+                  "epoch": epoch, "schedule_epochs": loop.schedule_epochs, "history": loop.history,
+                  "best": loop.best, "bad_epochs": loop.bad_epochs, "best_state": loop.best_state,
+                  "elapsed_s": loop.elapsed()}, path)
+
+
+def _assemble(cfg: TrainConfig, st, store, out: Path, net, model_config: dict, normalizer: Normalizer,
+              split_obj: Split, loop: _Loop, train_ds: ImageDataset, val_ds: ImageDataset) -> Run:
+    """Result assembly: the best epoch's network, the kernel blend and the calibration, saved as a run."""
+    if loop.best["epoch"] < 0:
         raise MoireSTMError("training stopped before the first epoch finished (time budget too small?)")
     net.cpu()
-    load_strict(net, best_state, where="best state")
-    best = {**best, "stopped": stopped, "schedule_epochs": schedule_epochs, "n_parameters": count_parameters(net)}
-    run = Run(out, net, model_config, normalizer, split_obj, cfg.to_dict(), history, None,
+    load_strict(net, loop.best_state, where="best state")
+    best = {**loop.best, "stopped": loop.stopped, "schedule_epochs": loop.schedule_epochs,
+            "n_parameters": count_parameters(net)}
+    run = Run(out, net, model_config, normalizer, split_obj, cfg.to_dict(), loop.history, None,
               str(Path(store_path(st)).resolve()) if store_path(st) else None,
               __version__, best)
     val_images, y_val = validation_inputs(train_ds, val_ds)
