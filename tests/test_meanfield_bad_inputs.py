@@ -62,3 +62,16 @@ def test_valid_values_are_coerced_as_on_the_command_line(tbg1):
                 start="pm")
     assert sol.params["kgrid"] == 2 and isinstance(sol.params["kgrid"], int) and sol.params["seed"] == 3
     assert sol.params["temperature_k"] == constants.TEMPERATURE_K and sol.converged
+
+
+def test_every_registered_numeric_argument_of_solve_is_checked(tbg1):
+    import inspect
+
+    from moirestm.parameters import REGISTRY
+
+    names = [n for n in inspect.signature(solve).parameters if n in REGISTRY and REGISTRY[n].kind != "str"]
+    assert {"filling", "mu_ev", "kgrid", "temperature_k", "seed", "mixing"} <= set(names)
+    for name in names:
+        kwargs = {name: math.nan, **({"filling": None} if name == "mu_ev" else {})}
+        with pytest.raises(MoireSTMError, match=f"^solve: {name} must be finite"):
+            solve(tbg1, Interaction(hubbard_u_ev=1.0, coulomb="none"), **kwargs)
