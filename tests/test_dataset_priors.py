@@ -121,6 +121,64 @@ def test_stored_samples_carry_draws(tmp_path):
         assert store.image(row["key"])[0, 0] == pytest.approx(row["dielectric"])
 
 
+def test_images_per_solve_share_the_solve_and_draw_the_ldos_parameters():
+    """Images of one solve share every self-consistency parameter; bias and broadening are drawn per image."""
+    sweep = Sweep.from_dict(_spec(images_per_solve=3))
+    samples = [s["params"] for t in sweep.tasks() for s in t["samples"]]
+    assert sweep.n_samples == len(samples) == 16 * 5 * 3
+    assert len({sample_key_of(p) for p in samples}) == len(samples)
+    solves = {}
+    for p in samples:
+        solves.setdefault((p["draw_id"], p["hubbard_u_ev"]), []).append(p)
+    assert len(solves) == 16 * 5
+    for images in solves.values():
+        assert sorted(p["image_id"] for p in images) == [0, 1, 2]
+        for name in ("dielectric", "filling", "distance_nm", "temperature_k", "gate_distance_nm"):
+            values = {p[name] if name != "gate_distance_nm" else p["interaction"][name] for p in images}
+            assert len(values) == 1, name
+    bias = np.array([p["bias_ev"] for p in samples])
+    width = np.array([p["broadening_ev"] for p in samples])
+    assert bias.min() >= -0.01 and bias.max() <= 0.01 and width.min() >= 0.002 and width.max() <= 0.03
+    assert len(np.unique(bias)) == len(samples)  # a fresh draw per image, not one per draw
+    assert abs(bias.mean()) < 0.01 * 0.05  # Sobol balance of the image stream
+    assert Sweep.from_dict(_spec(images_per_solve=3)).tasks()[3]["samples"][7]["params"] == \
+        sweep.tasks()[3]["samples"][7]["params"]  # reproducible
+    assert sweep.prior_records()["images_per_solve"] == 3
+
+
+def sample_key_of(params):
+    from moirestm.dataset.sweep import sample_key
+
+    return sample_key(params)
+
+
+def test_images_per_solve_engine_matches_one_image_per_solve(tmp_path):
+    """The meanfield engine's images of one solve equal separately computed single images."""
+    from moirestm.dataset.compute import execute_task
+    from moirestm.hamiltonian import TightBinding
+    from moirestm.lattice import TBGLattice
+    from moirestm.meanfield import Interaction, solve
+    from moirestm.observables import site_ldos
+
+    spec = {"name": "img", "fixed": {"index": 1, "distance_nm": 0.335, "scf_kgrid": 2, "ldos_kgrid": 3},
+            "axes": {"hubbard_u_ev": [1.0]}, "n_draws": 2, "prior_seed": 1, "images_per_solve": 4,
+            "priors": {"dielectric": {"dist": "uniform", "low": 5.0, "high": 10.0},
+                       "bias_ev": {"dist": "uniform", "low": -0.05, "high": 0.05},
+                       "broadening_ev": {"dist": "loguniform", "low": 0.01, "high": 0.05}},
+            "ft": {"size": 32}, "stm": {"enabled": False}}
+    task = Sweep.from_dict(spec).tasks()[0]
+    records = execute_task(task)
+    assert [r["status"] for r in records] == ["ok"] * 4
+    assert len({r["results"]["iterations"] for r in records}) == 1  # one solve for the four images
+    p = records[0]["params"]
+    tb = TightBinding(TBGLattice(1, 0.335))
+    sol = solve(tb, Interaction(hubbard_u_ev=1.0, dielectric=p["dielectric"]), filling=p["filling"], kgrid=2,
+                temperature_k=p["temperature_k"], start="afm")
+    for r in records:
+        one = site_ldos(sol, [r["params"]["bias_ev"]], broadening_ev=r["params"]["broadening_ev"], ldos_kgrid=3)
+        np.testing.assert_allclose(r["arrays"]["ldos"], one.total[0], rtol=2e-2)
+
+
 @pytest.mark.parametrize("priors, extra, match", [
     ({"dielectric": {"dist": "uniform", "low": 0.5, "high": 4.0}}, {}, "dielectric must be >= 1"),
     ({"broadening_ev": {"dist": "uniform", "low": 0.03, "high": 0.01}}, {}, "broadening_ev: low must be below"),
@@ -139,6 +197,13 @@ def test_stored_samples_carry_draws(tmp_path):
     ({"pressure_gpa": {"dist": "uniform", "low": 0.0, "high": 30.0}}, {}, "pressure_gpa must be <="),
     ({"pressure_gpa": {"dist": "uniform", "low": 0.0, "high": 1.0}, "distance_nm": [0.33]}, {}, "pressure_gpa"),
     ({"dielectric": {"dist": "uniform", "low": 4.0, "high": 8.0}}, {"u_jitter": "yes"}, "u_jitter"),
+    ({"bias_ev": {"dist": "uniform", "low": -0.01, "high": 0.01}}, {"images_per_solve": 0}, "images_per_solve"),
+    ({"bias_ev": {"dist": "uniform", "low": -0.01, "high": 0.01}}, {"images_per_solve": 2.5}, "images_per_solve"),
+    ({"dielectric": {"dist": "uniform", "low": 4.0, "high": 8.0}}, {"images_per_solve": 4},
+     "images_per_solve = 4 needs a prior on bias_ev or broadening_ev"),
+    ({"bias_ev": {"dist": "uniform", "low": -0.01, "high": 0.01}},
+     {"images_per_solve": 4, "axes": {"hubbard_u_ev": [0.0, 1.0], "broadening_ev": [0.01, 0.02]}},
+     "give broadening_ev one value or a prior"),
 ])
 def test_bad_priors_are_one_line_errors_naming_the_parameter(priors, extra, match):
     with pytest.raises(MoireSTMError, match=match) as info:
@@ -202,7 +267,7 @@ def test_draw_split_leaks_no_draw():
         make_split(_DrawStore(n_draws=2), "draw")
 
 
-@pytest.mark.parametrize("name, n_samples, n_tasks, index", [("demo-sbi", 1920, 160, 5),
+@pytest.mark.parametrize("name, n_samples, n_tasks, index", [("demo-sbi", 1920, 40, 5),
                                                               ("standard-sbi", 31744, 1024, 9)])
 def test_builtin_sbi_designs(monkeypatch, name, n_samples, n_tasks, index):
     from moirestm.dataset import sweep as sweep_module

@@ -77,8 +77,7 @@ def meanfield_engine(task: dict) -> list[dict]:
     from ..lattice import TBGLattice
     from ..meanfield import Interaction, solve
     from ..meanfield.scf import extrapolated_start
-    from ..observables import site_ldos, stm_map
-    from ..observables.ftldos import ft_ldos
+    from ..observables import site_ldos
 
     base = task["base"]
     by_u: dict[float, list[dict]] = {}
@@ -148,47 +147,52 @@ def meanfield_engine(task: dict) -> list[dict]:
         if results["branch_switch"]:
             chain.clear()  # do not extrapolate across a change of branch
         chain.append(solution)
-        for broadening in task["broadening_ev"]:
-            group = [s for s in samples if s["params"]["broadening_ev"] == broadening]
-            if not group:
-                continue
+        # every (bias, broadening) image of this solution from one diagonalisation of the LDOS grid
+        pairs = sorted({(s["params"]["bias_ev"], s["params"]["broadening_ev"]) for s in samples})
+        if not pairs:
+            continue
+        try:
+            t1 = time.perf_counter()
+            sldos = site_ldos(solution, bias_ev=[b for b, _ in pairs], broadening_ev=[w for _, w in pairs],
+                              ldos_kgrid=ldos_kgrid)
+            ldos_s = time.perf_counter() - t1
+        except Exception as exc:  # noqa: BLE001
+            text = _error_text(exc)
+            records += [_failed(s, text, results) for s in samples]
+            continue
+        for sample in samples:
+            row = pairs.index((sample["params"]["bias_ev"], sample["params"]["broadening_ev"]))
             try:
-                t1 = time.perf_counter()
-                sldos = site_ldos(solution, bias_ev=task["bias_ev"], broadening_ev=broadening,
-                                  ldos_kgrid=ldos_kgrid)
-                ldos_s = time.perf_counter() - t1
+                records.append(_image_record(sample, solution, sldos, row, results, ldos_s / len(pairs),
+                                             task, stm_opts, ft_opts, ft_source))
             except Exception as exc:  # noqa: BLE001
-                text = _error_text(exc)
-                records += [_failed(s, text, results) for s in group]
-                continue
-            for sample in group:
-                bias_index = task["bias_ev"].index(sample["params"]["bias_ev"])
-                try:
-                    smap = None
-                    if task["stm"].get("enabled", True):
-                        smap = stm_map(sldos, bias_index=bias_index, **stm_opts)
-                    t2 = time.perf_counter()
-                    if ft_source == "stm_map":
-                        if smap is None:
-                            raise MoireSTMError("[ft] source = 'stm_map' needs [stm] enabled = true")
-                        ft = ft_ldos(smap, **{k: v for k, v in ft_opts.items() if k != "tiling"})
-                    else:
-                        ft = ft_ldos(sldos, bias_index=bias_index, nthreads=1, **ft_opts)
-                    ft_s = time.perf_counter() - t2
-                    arrays = {"ft_image": ft.image, "kx_nm": ft.kx_nm, "ky_nm": ft.ky_nm,
-                              "ldos": np.asarray(sldos.total)[bias_index].astype(np.float32),
-                              "ldos_up": np.asarray(sldos.ldos_up)[bias_index].astype(np.float32),
-                              "ldos_down": np.asarray(sldos.ldos_down)[bias_index].astype(np.float32),
-                              "n_up": np.asarray(solution.n_up, dtype=float),
-                              "n_down": np.asarray(solution.n_down, dtype=float),
-                              "residuals": np.asarray(solution.residuals, dtype=float)}
-                    if smap is not None:
-                        arrays.update(stm_map=np.asarray(smap.image, dtype=np.float32),
-                                      stm_x_nm=np.asarray(smap.x_nm), stm_y_nm=np.asarray(smap.y_nm))
-                    sample_results = dict(results, ldos_wall_time_s=ldos_s,
-                                          ft_wall_time_s=ft_s, ft_params=ft.params)
-                    records.append({"key": sample["key"], "params": sample["params"], "status": "ok",
-                                    "error": "", "arrays": arrays, "results": sample_results})
-                except Exception as exc:  # noqa: BLE001
-                    records.append(_failed(sample, _error_text(exc), results))
+                records.append(_failed(sample, _error_text(exc), results))
     return records
+
+
+def _image_record(sample, solution, sldos, row, results, ldos_s, task, stm_opts, ft_opts, ft_source) -> dict:
+    """The stored record of one image: row ``row`` of ``sldos`` -> STM map (when enabled) -> FT-LDOS."""
+    from ..observables import stm_map
+    from ..observables.ftldos import ft_ldos
+
+    smap = stm_map(sldos, bias_index=row, **stm_opts) if task["stm"].get("enabled", True) else None
+    t2 = time.perf_counter()
+    if ft_source == "stm_map":
+        if smap is None:
+            raise MoireSTMError("[ft] source = 'stm_map' needs [stm] enabled = true")
+        ft = ft_ldos(smap, **{k: v for k, v in ft_opts.items() if k != "tiling"})
+    else:
+        ft = ft_ldos(sldos, bias_index=row, nthreads=1, **ft_opts)
+    ft_s = time.perf_counter() - t2
+    arrays = {"ft_image": ft.image, "kx_nm": ft.kx_nm, "ky_nm": ft.ky_nm,
+              "ldos": np.asarray(sldos.total)[row].astype(np.float32),
+              "ldos_up": np.asarray(sldos.ldos_up)[row].astype(np.float32),
+              "ldos_down": np.asarray(sldos.ldos_down)[row].astype(np.float32),
+              "n_up": np.asarray(solution.n_up, dtype=float),
+              "n_down": np.asarray(solution.n_down, dtype=float),
+              "residuals": np.asarray(solution.residuals, dtype=float)}
+    if smap is not None:
+        arrays.update(stm_map=np.asarray(smap.image, dtype=np.float32),
+                      stm_x_nm=np.asarray(smap.x_nm), stm_y_nm=np.asarray(smap.y_nm))
+    return {"key": sample["key"], "params": sample["params"], "status": "ok", "error": "", "arrays": arrays,
+            "results": dict(results, ldos_wall_time_s=ldos_s, ft_wall_time_s=ft_s, ft_params=ft.params)}

@@ -77,9 +77,13 @@ INTEGER_AXES = ("index", "scf_kgrid", "ldos_kgrid")
 FIXED_EXTRAS = {"start": "afm", "seed": 0}
 CONTINUATIONS = ("descending", "ascending", "none")
 TOP_LEVEL = {"name", "description", "continuation", "chain_length", "engine", "fixed", "axes",
-             "interaction", "solver", "stm", "ft", "priors", "n_draws", "prior_seed", "u_jitter"}
+             "interaction", "solver", "stm", "ft", "priors", "n_draws", "prior_seed", "u_jitter",
+             "images_per_solve"}
 #: Parameters that vary inside one task (not part of a chain's base).
 PER_SAMPLE = ("hubbard_u_ev", "bias_ev", "broadening_ev")
+#: Parameters of the LDOS alone (not of the self-consistency): with ``images_per_solve`` > 1 their priors
+#: are drawn afresh for every image of a solve, from their own Sobol stream (seed ``prior_seed + 1``).
+PER_IMAGE = ("bias_ev", "broadening_ev")
 #: Largest number of samples a sweep may define (guards against typos like step = 1e-6).
 MAX_SAMPLES = 1_000_000
 
@@ -127,12 +131,13 @@ BUILTIN = {
         "name": "demo-sbi",
         "description": "i = 5 family over the unknowns of a measurement (priors justified in docs/datasets.md): "
                        "n_draws scrambled-Sobol draws of distance (+-1 % around the magic one), dielectric, "
-                       "broadening, temperature, filling and bias, each crossed with a jittered U chain of 12 "
-                       "values (0..5.5 eV); 160 draws = 1920 samples. Tune the size with n_draws.",
+                       "temperature and filling, each crossed with a jittered U chain of 3 values (0..6 eV); "
+                       "every solve gives images_per_solve images at drawn broadening and bias (one LDOS "
+                       "diagonalisation); 40 draws x 3 U x 16 images = 1920 samples from 120 solves.",
         "continuation": "descending",
         "fixed": {"index": 5, "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "start": "afm"},
-        "axes": {"hubbard_u_ev": {"start": 0.0, "stop": 5.5, "step": 0.5}},
-        "n_draws": 160, "prior_seed": 0, "u_jitter": True,
+        "axes": {"hubbard_u_ev": {"start": 1.0, "stop": 5.0, "step": 2.0}},
+        "n_draws": 40, "prior_seed": 0, "u_jitter": True, "images_per_solve": 16,
         "priors": {**SBI_PRIORS,
                    "broadening_ev": {"dist": "loguniform", "low": 0.005, "high": 0.04},
                    "filling": {"dist": "uniform", "low": -2.2, "high": 1.2},
@@ -226,6 +231,7 @@ class Sweep:
     interaction, solver, stm, ft : option tables passed to the pipeline stages.
     priors : drawn parameter -> :class:`~moirestm.dataset.priors.Prior` (empty: a plain grid).
     n_draws, prior_seed, u_jitter : the Sobol design over the priors.
+    images_per_solve : images drawn per solve over the priors of ``PER_IMAGE`` (1: one per draw).
     """
 
     name: str
@@ -243,6 +249,7 @@ class Sweep:
     n_draws: int = 0
     prior_seed: int = 0
     u_jitter: bool = False
+    images_per_solve: int = 1
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -287,9 +294,15 @@ class Sweep:
                 raise MoireSTMError(f"u_jitter must be true or false, got {jitter!r}")
             if "gate_distance_nm" in priors and "gate_distance_nm" in spec.get("interaction", {}):
                 raise MoireSTMError("prior gate_distance_nm: also given in [interaction]; give it once")
-            design = {"n_draws": spec["n_draws"], "prior_seed": seed, "u_jitter": jitter}
+            images = spec.get("images_per_solve", 1)
+            if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+                raise MoireSTMError(f"images_per_solve must be a positive integer, got {images!r}")
+            if images > 1 and not set(PER_IMAGE) & set(priors):
+                raise MoireSTMError(f"images_per_solve = {images} needs a prior on {' or '.join(PER_IMAGE)}")
+            design = {"n_draws": spec["n_draws"], "prior_seed": seed, "u_jitter": jitter,
+                      "images_per_solve": images}
         else:
-            for name in ("n_draws", "prior_seed", "u_jitter"):
+            for name in ("n_draws", "prior_seed", "u_jitter", "images_per_solve"):
                 if name in spec:
                     raise MoireSTMError(f"{name} needs a [priors] table")
         drawn = set(priors) | ({"distance_nm"} if "pressure_gpa" in priors else set())
@@ -326,6 +339,10 @@ class Sweep:
         for forbidden in ("hubbard_u_ev", "dielectric"):
             if forbidden in tables["interaction"]:
                 raise MoireSTMError(f"set {forbidden} in [fixed] or [axes], not in [interaction]")
+        several = [n for n in PER_IMAGE if len(values.get(n, [])) > 1]
+        if design.get("images_per_solve", 1) > 1 and several:
+            raise MoireSTMError(f"images_per_solve draws {', '.join(PER_IMAGE)} per image; give {several[0]} "
+                                f"one value or a prior, not an axis")
         if design["u_jitter"] and len(values["hubbard_u_ev"]) < 2:
             raise MoireSTMError("u_jitter needs a hubbard_u_ev axis of at least two values")
         sweep = cls(name=str(spec.get("name", "sweep")), values=values, priors=priors, **design,
@@ -360,7 +377,7 @@ class Sweep:
     # ----------------------------------------------------------------- plan
     @property
     def n_samples(self) -> int:
-        return int(np.prod([len(v) for v in self.values.values()])) * max(1, self.n_draws)
+        return int(np.prod([len(v) for v in self.values.values()])) * max(1, self.n_draws) * self.images_per_solve
 
     @property
     def axes(self) -> dict:
@@ -371,7 +388,22 @@ class Sweep:
         """The design's draws ``{name: value}`` (``"u_jitter"`` too when jittered); ``[{}]`` without priors."""
         if not self.priors:
             return [{}]
-        return draw(self.priors, self.n_draws, self.prior_seed, self.u_jitter)
+        return draw(self._solve_priors(), self.n_draws, self.prior_seed, self.u_jitter)
+
+    def _solve_priors(self) -> dict:
+        """The priors drawn once per draw (all of them unless images are drawn per solve)."""
+        if self.images_per_solve == 1:
+            return self.priors
+        return {n: p for n, p in self.priors.items() if n not in PER_IMAGE}
+
+    def image_draws(self) -> list[dict]:
+        """With ``images_per_solve`` > 1: the ``PER_IMAGE`` values of every image, in task order
+        (draw, U in chain order, image); ``[]`` otherwise."""
+        if self.images_per_solve == 1:
+            return []
+        priors = {n: p for n, p in self.priors.items() if n in PER_IMAGE}
+        n = self.n_draws * len(self.values["hubbard_u_ev"]) * self.images_per_solve
+        return draw(priors, n, self.prior_seed + 1)
 
     def prior_records(self) -> dict:
         """The store metadata of the design: ``priors`` (name -> record), ``n_draws``, ``prior_seed``, ``u_jitter``."""
@@ -382,7 +414,8 @@ class Sweep:
             index = self.priors["index"].values if "index" in self.priors else self.values["index"]
             magic = [resolve_magic_distance(i)[0] for i in index]
         return {"priors": {n: p.record(magic) for n, p in self.priors.items()}, "n_draws": self.n_draws,
-                "prior_seed": self.prior_seed, "u_jitter": self.u_jitter}
+                "prior_seed": self.prior_seed, "u_jitter": self.u_jitter,
+                "images_per_solve": self.images_per_solve}
 
     def _u_values(self, jitter: float | None) -> list[float]:
         """The U axis in chain order, shifted by ``jitter`` U steps (reflected into the valid range)."""
@@ -412,11 +445,12 @@ class Sweep:
         """Independent units of work; each lists its samples (params and key)."""
         chain_names = [n for n in self.values if n not in PER_SAMPLE]
         tasks = []
+        images = iter(self.image_draws())
         for draw_id, drawn in enumerate(self.draws()):
             u_values = self._u_values(drawn.get("u_jitter"))
-            biases = [drawn["bias_ev"]] if "bias_ev" in drawn else list(self.values["bias_ev"])
+            biases = [drawn["bias_ev"]] if "bias_ev" in drawn else list(self.values.get("bias_ev", []))
             broadenings = ([drawn["broadening_ev"]] if "broadening_ev" in drawn
-                           else list(self.values["broadening_ev"]))
+                           else list(self.values.get("broadening_ev", [])))
             interaction = dict(self.interaction)
             if "gate_distance_nm" in drawn:
                 interaction["gate_distance_nm"] = drawn["gate_distance_nm"]
@@ -433,12 +467,22 @@ class Sweep:
                     chain = u_values[i:i + block]
                     samples = []
                     for u in chain:
+                        if self.images_per_solve > 1:
+                            for image_id in range(self.images_per_solve):
+                                image = {"bias_ev": biases[:1], "broadening_ev": broadenings[:1],
+                                         **{n: [v] for n, v in next(images).items()}}
+                                params = self.sample_params(base, u, image["bias_ev"][0],
+                                                            image["broadening_ev"][0], interaction)
+                                params["image_id"] = image_id
+                                samples.append({"key": sample_key(params), "params": params})
+                            continue
                         for br in broadenings:
                             for bias in biases:
                                 params = self.sample_params(base, u, bias, br, interaction)
                                 samples.append({"key": sample_key(params), "params": params})
-                    tasks.append({"base": base, "u_values": list(chain), "bias_ev": biases,
-                                  "broadening_ev": broadenings, "continuation": self.continuation,
+                    tasks.append({"base": base, "u_values": list(chain),
+                                  "bias_ev": sorted({s["params"]["bias_ev"] for s in samples}),
+                                  "broadening_ev": sorted({s["params"]["broadening_ev"] for s in samples}), "continuation": self.continuation,
                                   "engine": self.engine, "interaction": interaction, "solver": self.solver,
                                   "stm": self.stm, "ft": self.ft, "samples": samples})
         return tasks
@@ -461,7 +505,8 @@ class Sweep:
                 "fixed": {k: v[0] for k, v in self.values.items() if len(v) == 1},
                 "continuation": self.continuation, "chain_length": self.chain_length, "engine": self.engine,
                 **({"priors": {n: dict(p.spec) for n, p in self.priors.items()}, "n_draws": self.n_draws,
-                    "prior_seed": self.prior_seed, "u_jitter": self.u_jitter} if self.priors else {})}
+                    "prior_seed": self.prior_seed, "u_jitter": self.u_jitter,
+                    "images_per_solve": self.images_per_solve} if self.priors else {})}
 
 
 def magic_cache_path() -> Path:

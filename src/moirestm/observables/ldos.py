@@ -73,10 +73,14 @@ def delta_kernel(x_ev: np.ndarray, width_ev: float, kind: str) -> np.ndarray:
     return np.exp(-0.5 * (x_ev / width_ev) ** 2) / (np.sqrt(2.0 * np.pi) * width_ev)
 
 
-def ldos_window_ev(energies_ev: np.ndarray, broadening_ev: float) -> tuple[float, float]:
-    """Energy window (lo, hi) in eV whose states enter the LDOS at ``energies_ev`` (see constants)."""
-    half = max(LDOS_WINDOW_BROADENINGS * broadening_ev, LDOS_MIN_WINDOW_EV)
-    return float(np.min(energies_ev) - half), float(np.max(energies_ev) + half)
+def ldos_window_ev(energies_ev: np.ndarray, broadening_ev) -> tuple[float, float]:
+    """Energy window (lo, hi) in eV whose states enter the LDOS at ``energies_ev`` (see constants).
+
+    ``broadening_ev`` is one value or one per energy."""
+    energies = np.ravel(energies_ev)
+    half = np.maximum(LDOS_WINDOW_BROADENINGS * np.broadcast_to(np.ravel(broadening_ev), energies.shape),
+                      LDOS_MIN_WINDOW_EV)
+    return float(np.min(energies - half)), float(np.max(energies + half))
 
 
 def _solution_grid(solution, n: int, use_symmetry: bool):
@@ -109,11 +113,21 @@ def _lorentzian_tails(solution, energies_ev, eta_ev, lo, hi, degenerate, use_sym
     return grid.symmetrise(out)
 
 
+def _broadenings(broadening_ev, n_bias: int) -> np.ndarray:
+    """(n_bias, 1) broadenings in eV: one value for every bias, or one per bias."""
+    if np.ndim(broadening_ev) == 0:
+        return np.full((n_bias, 1), positive_number("broadening_ev", broadening_ev))
+    values = [positive_number("broadening_ev", b) for b in np.ravel(broadening_ev)]
+    if np.ndim(broadening_ev) != 1 or len(values) != n_bias:
+        raise MoireSTMError(f"broadening_ev: give one value or one per bias ({n_bias}), got {len(values)}")
+    return np.asarray(values, dtype=float)[:, None]
+
+
 def _scf_grid(solution) -> int:
     return int(solution.params.get("scf_kgrid", solution.params.get("kgrid", 1)))
 
 
-def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_EV,
+def site_ldos(solution, bias_ev=(0.0,), broadening_ev=LDOS_BROADENING_EV,
               kind: str = "lorentzian", ldos_kgrid: int | None = None, use_symmetry: bool = True,
               single: bool = True) -> SiteLDOS:
     """Spin-resolved site LDOS of a :class:`~moirestm.meanfield.MeanFieldSolution`.
@@ -127,18 +141,20 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     ----------
     solution : mean-field solution (its potentials, chemical potential and structure are used).
     bias_ev : bias energies relative to the Fermi level mu in eV (scalar or sequence).
-    broadening_ev : Lorentzian half width / Gaussian standard deviation eta in eV (> 0).
+    broadening_ev : Lorentzian half width / Gaussian standard deviation eta in eV (> 0); one value, or
+        one per bias (each bias, broadening pair is one row of the result; all come from one
+        diagonalisation, so many images of one solution cost little more than one).
     kind : "lorentzian" or "gaussian".
     ldos_kgrid : n of the n x n Monkhorst-Pack LDOS grid; None uses the solution's own grid.
     use_symmetry : reduce the grid by C3z when the solution's potentials keep it (no Fock term).
     single : diagonalise the window in float32 / complex64 on a grid other than the solution's own
-        (2.6x faster at i = 9; LDOS within 1e-5 relative of float64, test); the tails and the
+        (2.6x faster at i = 9; LDOS within 5e-5 relative of float64, test); the tails and the
         solution's own grid stay in float64.
     """
     bias = np.atleast_1d(np.asarray(bias_ev, dtype=float))
     if bias.ndim != 1 or bias.size == 0 or not np.all(np.isfinite(bias)):
         raise MoireSTMError(f"bias energies must be a non-empty list of finite numbers in eV, got {bias_ev!r}")
-    eta = positive_number("broadening_ev", broadening_ev)
+    eta = _broadenings(broadening_ev, len(bias))
     if kind not in _KINDS:
         raise MoireSTMError(f"broadening kind must be one of {_KINDS}, got {kind!r}")
     scf_grid = _scf_grid(solution)
@@ -173,8 +189,9 @@ def site_ldos(solution, bias_ev=(0.0,), broadening_ev: float = LDOS_BROADENING_E
     if degenerate:
         out[1] = out[0]
     out = grid.symmetrise(out)
+    widths = eta[:, 0].tolist()
     params = {
-        "broadening_ev": eta, "kind": kind, "mu_ev": float(solution.mu_ev),
+        "broadening_ev": widths[0] if len(set(widths)) == 1 else widths, "kind": kind, "mu_ev": float(solution.mu_ev),
         "energies_ev": energies.tolist(), "ldos_kgrid": n_grid, "scf_kgrid": scf_grid,
         "kpoint_symmetry": grid.symmetry, "n_kpoints": int(len(grid.kpoints)), "window_ev": [lo, hi],
         "single_precision_window": bool(single and not own_grid),
