@@ -7,7 +7,7 @@ steepest slope (local-linear derivative), inflection of a tanh fit, and 10 % of 
 where the moment reaches 0.05 mu_B per site, one tenth of the full moment 1/2, linearly interpolated).
 Results are written after every configuration to benchmarks/results/crossover-i9.json.
 
-    python benchmarks/bench_crossover.py            # all configurations (~1 h on one core)
+    python benchmarks/bench_crossover.py            # all configurations (3x3 ones ~1 h each on one core)
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ def u_c_estimates(u, m) -> dict:
 CONFIGS = [  # (label, filling, scf_kgrid, dielectric, distance shift pm, hopping cutoff nm or None)
     ("nu0 k3", 0.0, 3, 10.0, 0.0, None),
     ("nu0 gamma", 0.0, 1, 10.0, 0.0, None),
-    ("nu-2 k3", -2.0, 3, 10.0, 0.0, None),
-    ("nu+2 k3", 2.0, 3, 10.0, 0.0, None),
+    ("nu-2 gamma", -2.0, 1, 10.0, 0.0, None),
+    ("nu+2 gamma", 2.0, 1, 10.0, 0.0, None),
     ("nu0 gamma eps5", 0.0, 1, 5.0, 0.0, None),
     ("nu0 gamma eps20", 0.0, 1, 20.0, 0.0, None),
     ("nu0 gamma d+2pm", 0.0, 1, 10.0, 2.0, None),
     ("nu0 gamma cutoff0.45", 0.0, 1, 10.0, 0.0, 0.45),
+    ("nu-2 k3", -2.0, 3, 10.0, 0.0, None),
+    ("nu+2 k3", 2.0, 3, 10.0, 0.0, None),
 ]
 
 

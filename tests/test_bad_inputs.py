@@ -238,3 +238,19 @@ def test_overwrite_flag_replaces_another_kind(world, tmp_path):
     from moirestm.io import FIGURE, file_kind
 
     assert file_kind(target) == FIGURE and file_kind(tmp_path / "notes.h5") == "BandStructure"
+
+
+def test_written_files_get_the_umask_mode_and_keep_an_existing_mode(tmp_path):
+    import os
+
+    from moirestm.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "new.json", {"a": 1}, "Note")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not tempfile's 0600
+        os.chmod(path, 0o640)
+        write_json(path, {"a": 2}, "Note")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)

@@ -267,9 +267,10 @@ def test_draw_split_leaks_no_draw():
         make_split(_DrawStore(n_draws=2), "draw")
 
 
-@pytest.mark.parametrize("name, n_samples, n_tasks, index", [("demo-sbi", 1920, 40, 5),
-                                                              ("standard-sbi", 31744, 1024, 9)])
-def test_builtin_sbi_designs(monkeypatch, name, n_samples, n_tasks, index):
+@pytest.mark.parametrize("name, n_samples, n_tasks, n_draws, index", [("demo-sbi", 1920, 120, 40, 5),
+                                                                       ("standard-sbi", 31744, 1024, 1024, 9)])
+def test_builtin_sbi_designs(monkeypatch, name, n_samples, n_tasks, n_draws, index):
+    """demo-sbi solves every U afresh (one task per solve); standard-sbi chains each draw's U values."""
     from moirestm.dataset import sweep as sweep_module
     from moirestm.parameters import validate_sweep
 
@@ -279,6 +280,6 @@ def test_builtin_sbi_designs(monkeypatch, name, n_samples, n_tasks, index):
     tasks = sweep.tasks()
     assert sweep.n_samples == n_samples and len(tasks) == n_tasks
     assert {t["base"]["index"] for t in tasks} == {index}
-    assert len({t["base"]["draw_id"] for t in tasks}) == n_tasks
+    assert len({t["base"]["draw_id"] for t in tasks}) == n_draws
     assert all(abs(t["base"]["distance_nm"] / 0.2734 - 1) <= 0.01 + 1e-9 for t in tasks)
     assert sweep.prior_records()["priors"]["broadening_ev"]["dist"] == "loguniform"

@@ -251,3 +251,22 @@ def test_stm_map_and_ft_image_damage_is_named(stm_and_ft, tmp_path):
     with pytest.raises(MoireSTMError, match="refusing to overwrite .* holds a FTImage"):
         image.save(tmp_path / "FTImage.h5")
     assert STMMap.KIND == "STMMap"
+
+
+def test_site_ldos_new_and_flat_layout_and_damage(tbg1, tmp_path):
+    import h5py
+
+    from moirestm.meanfield import Interaction, solve
+    from moirestm.observables import SiteLDOS, site_ldos
+
+    ldos = site_ldos(solve(tbg1, Interaction(hubbard_u_ev=2.0), kgrid=1, max_iterations=40), [0.0, 0.05])
+    assert same(_roundtrip(ldos, tmp_path / "ldos.h5"), ldos)
+    names = ("bias_ev", "ldos_up", "ldos_down", "positions_nm", "layer", "superlattice_nm")
+    write_h5(tmp_path / "old.h5", "SiteLDOS", ldos.params, {n: getattr(ldos, n) for n in names})
+    assert same(SiteLDOS.load(tmp_path / "old.h5"), ldos)
+    with h5py.File(tmp_path / "ldos.h5", "a") as f:
+        data = f["ldos_up"][()]
+        del f["ldos_up"]
+        f["ldos_up"] = data[:, :-1]
+    with pytest.raises(MoireSTMError, match="damaged SiteLDOS, inconsistent array shapes"):
+        SiteLDOS.load(tmp_path / "ldos.h5")

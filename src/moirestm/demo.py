@@ -12,10 +12,32 @@ from pathlib import Path
 
 from rich.console import Console
 
-#: Time budget of the demo's training step, minutes (the whole demo must fit in 10 minutes on 2 cores).
-DEMO_TRAIN_MINUTES = 3.5
+#: Time budgets of the demo's training steps, minutes (the whole demo must fit in 10 minutes on 2 cores).
+DEMO_POSTERIOR_MINUTES = 2.0
+DEMO_POINT_MINUTES = 1.0
 #: Commensurate index of the demo cell (6.01°, 364 atoms).
 DEMO_INDEX = 5
+#: The demo's store: the ``demo-sbi`` design (priors over distance, dielectric, temperature, filling,
+#: broadening and bias) with fewer draws, sized for the 10-minute budget.
+DEMO_DRAWS = 6
+DEMO_IMAGES_PER_SOLVE = 16
+#: U values per draw (jittered by up to half their spacing, so together they cover 0..6 eV).
+DEMO_U_AXIS = {"start": 1.5, "stop": 4.5, "step": 3.0}
+
+
+def demo_sweep(n_draws: int = DEMO_DRAWS, images_per_solve: int = DEMO_IMAGES_PER_SOLVE):
+    """The demo's sweep: ``demo-sbi`` with ``n_draws`` draws and ``images_per_solve`` images per solve."""
+    import copy
+
+    from .dataset import Sweep
+    from .dataset.sweep import BUILTIN
+
+    spec = copy.deepcopy(BUILTIN["demo-sbi"])
+    spec.update(name="demo", n_draws=n_draws, images_per_solve=images_per_solve,
+                description=f"demo: the {spec['name']} priors, {n_draws} draws x 2 jittered U values x "
+                            f"{images_per_solve} images per solve")
+    spec["axes"] = {"hubbard_u_ev": dict(DEMO_U_AXIS)}
+    return Sweep.from_dict(spec)
 
 
 @dataclass
@@ -28,15 +50,26 @@ class DemoResult:
     timings_s: dict = field(default_factory=dict)
 
 
-def run_demo(out_dir="demo-output", workers: int | None = None, console: Console | None = None) -> DemoResult:
-    """Run the whole pipeline on the built-in ``demo`` sweep and return the report location."""
+def run_demo(out_dir="demo-output", workers: int | None = None, console: Console | None = None,
+             n_draws: int = DEMO_DRAWS, images_per_solve: int = DEMO_IMAGES_PER_SOLVE,
+             posterior_minutes: float = DEMO_POSTERIOR_MINUTES, point_minutes: float = DEMO_POINT_MINUTES
+             ) -> DemoResult:
+    """Run the whole pipeline on the demo's store over the unknowns and return the report location.
+
+    Stages: bands at the magic distance; the store (:func:`demo_sweep`, Dask); the amortised posterior
+    over U and the drawn unknowns with the point model (network + kernel blend) on the same split of
+    held-out draws (:func:`moirestm.learn.posterior.infer`); its calibration on the held-out draws; the
+    HTML report (dataset analysis, point model, posterior calibration, identifiability, out-of-family
+    detection, attribution of the posterior mean).
+    """
     from .dataset import run_sweep
     from .dataset.sweep import resolve_magic_distance
     from .explain import analyze, build_report
     from .hamiltonian import TightBinding, band_structure
     from .lattice import TBGLattice
-    from .learn import Run, evaluate, train
-    from .learn.train import CHECKPOINT
+    from .learn import Run
+    from .learn.calibration import evaluate_posterior
+    from .learn.posterior import POINT_DIR, POSTERIOR_FILE, PosteriorRun, infer
 
     console = console or Console(stderr=True)
     out = Path(out_dir)
@@ -58,36 +91,41 @@ def run_demo(out_dir="demo-output", workers: int | None = None, console: Console
                   f"magic distance {distance_nm:.4f} nm, central bands {bands.central_width_ev() * 1e3:.0f} meV wide -> {out / 'bands.png'}")
     timings["bands"] = time.perf_counter() - t
 
-    t = stage("2/5 dataset: mean field + FT-LDOS for U = 0..6 eV (Dask)")
+    sweep = demo_sweep(n_draws, images_per_solve)
+    t = stage(f"2/5 dataset over the unknowns: {sweep.n_samples} images from "
+              f"{sweep.n_samples // sweep.images_per_solve} mean-field solves (Dask)")
     store_path = out / "demo.h5"
-    summary = run_sweep("demo", store_path, workers=workers, console=console)
+    summary = run_sweep(sweep, store_path, workers=workers, console=console)
     console.print(summary.as_dict())
     timings["dataset"] = time.perf_counter() - t
 
-    t = stage("3/5 training the default CNN + kernel blend (group split: whole U values held out)")
-    run_dir = out / "run-cnn"
-    if (run_dir / CHECKPOINT).exists():
-        run = Run.load(run_dir)
-        console.print(f"reusing the finished run in {run_dir}")
+    t = stage("3/5 posterior over U and the unknowns + point model, on a split of whole held-out draws")
+    run_dir = out / "run-posterior"
+    if (run_dir / POSTERIOR_FILE).exists():
+        posterior = PosteriorRun.load(run_dir)
+        console.print(f"reusing the finished posterior run in {run_dir}")
     else:
-        run = train(store_path, model="cnn", split="group", out=run_dir, overwrite=True,
-                    max_minutes=DEMO_TRAIN_MINUTES, seed=0)
+        posterior = infer(store_path, run_dir, overwrite=True, max_minutes=posterior_minutes,
+                          point_max_minutes=point_minutes, seed=0)
+    point = Run.load(run_dir / POINT_DIR)
     timings["training"] = time.perf_counter() - t
 
-    t = stage("4/5 evaluation on held-out U values")
-    metrics = evaluate(run)
-    u = metrics["targets"]["hubbard_u_ev"]
-    console.print(f"test ({metrics['n']} images at unseen U): MAE {u['mae']:.3f} eV, RMSE {u['rmse']:.3f} eV, "
-                  f"R² {u['r2']:.4f}; plots in {metrics.get('out')}")
-    if "components" in u:
-        console.print(f"  {metrics['blend']}; alone: " + ", ".join(
-            f"{half} MAE {m['mae']:.3f} eV, R² {m['r2']:.4f}" for half, m in u["components"].items()))
+    t = stage("4/5 calibration on the held-out draws")
+    metrics = evaluate_posterior(posterior, part="test", out=run_dir / "evaluation")
+    u = metrics["parameters"]["hubbard_u_ev"]
+    console.print(f"posterior, {metrics['n']} test images of unseen draws: U median MAE {u['mae']:.3f} eV, "
+                  f"90 % interval coverage {u['coverage']['0.9']:.2f}, SBC KS p {u.get('sbc_ks_p', float('nan')):.3g}")
+    if metrics.get("point"):
+        console.print(f"point model on the same images: MAE {metrics['point']['mae']:.3f} eV")
+    for line in metrics["warnings"]:
+        console.print(f"[yellow]warning:[/] {line}")
     timings["evaluation"] = time.perf_counter() - t
 
-    t = stage("5/5 analysis, attribution and report")
+    t = stage("5/5 analysis, attribution of the posterior mean and report")
     analysis = analyze(store_path, out / "analysis")
-    report = build_report(run, store_path, out / "report.html", analysis=analysis,
-                          title="moirestm demo: learning U from FT-LDOS of TBG (i = 5)")
+    report = build_report(point, store_path, out / "report.html", analysis=analysis, posterior=posterior,
+                          baselines=False, max_samples=6,
+                          title="moirestm demo: what FT-LDOS images of TBG (i = 5) say about U")
     timings["report"] = time.perf_counter() - t
     console.print(f"[bold green]report:[/] {report.resolve()}")
     return DemoResult(out, report, metrics, timings)

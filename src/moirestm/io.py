@@ -152,6 +152,18 @@ def check_output(path: str | os.PathLike, kind: str, overwrite: bool = False,
     return path
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """Permission bits of a new file under the current umask (``tempfile`` would give 0600)."""
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike, kind: str, overwrite: bool = False):
     """Yield a temporary path beside ``path``; on success it atomically replaces ``path``.
@@ -164,6 +176,7 @@ def atomic_output(path: str | os.PathLike, kind: str, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, (path.stat().st_mode & 0o7777) if path.is_file() else default_file_mode())
         os.replace(tmp, path)
     except OSError as exc:
         raise MoireSTMError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MoireSTMError
-from ..io import KIND_ATTR, PARAMS_ATTR, stamp, to_json
+from ..io import KIND_ATTR, PARAMS_ATTR, default_file_mode, stamp, to_json
 
 STORE_KIND = "FTLDOSStore"
 SAMPLE_KIND = "FTLDOSSample"
@@ -94,12 +94,6 @@ def _fsync_dir(directory: Path) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _check_writable(path: Path) -> None:
@@ -192,7 +186,7 @@ class Store:
                     f.attrs["history_json"] = json.dumps([{"utc": _now(), "event": "create",
                                                            "version": __version__}])
                     f.create_group("samples")
-                os.chmod(tmp, _default_mode())
+                os.chmod(tmp, default_file_mode())
                 _fsync_file(tmp)
                 os.replace(tmp, path)
                 _fsync_dir(path.parent)

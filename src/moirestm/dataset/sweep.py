@@ -131,10 +131,11 @@ BUILTIN = {
         "name": "demo-sbi",
         "description": "i = 5 family over the unknowns of a measurement (priors justified in docs/datasets.md): "
                        "n_draws scrambled-Sobol draws of distance (+-1 % around the magic one), dielectric, "
-                       "temperature and filling, each crossed with a jittered U chain of 3 values (0..6 eV); "
-                       "every solve gives images_per_solve images at drawn broadening and bias (one LDOS "
-                       "diagonalisation); 40 draws x 3 U x 16 images = 1920 samples from 120 solves.",
-        "continuation": "descending",
+                       "temperature and filling, each crossed with 3 jittered U values (0..6 eV) solved from "
+                       "fresh starts (2 eV apart a warm start costs more than a fresh one); every solve gives "
+                       "images_per_solve images at drawn broadening and bias (one LDOS diagonalisation); "
+                       "40 draws x 3 U x 16 images = 1920 samples from 120 solves.",
+        "continuation": "none",
         "fixed": {"index": 5, "scf_kgrid": SCF_KGRID, "ldos_kgrid": LDOS_KGRID, "start": "afm"},
         "axes": {"hubbard_u_ev": {"start": 1.0, "stop": 5.0, "step": 2.0}},
         "n_draws": 40, "prior_seed": 0, "u_jitter": True, "images_per_solve": 16,

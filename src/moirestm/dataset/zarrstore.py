@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MoireSTMError
-from ..io import KIND_ATTR, PARAMS_ATTR, to_json
+from ..io import KIND_ATTR, PARAMS_ATTR, current_umask, default_file_mode, to_json
 from .store import SAMPLE_KIND, STORE_KIND, STATUSES, Store, _check_writable, _fsync_dir, _now
 
 ZSTD_LEVEL = 3
@@ -174,7 +174,7 @@ class ZarrStore(Store):
                     {KIND_ATTR: STORE_KIND, "moirestm_version": __version__, "created_utc": _now(),
                      PARAMS_ATTR: to_json(sweep_params),
                      "history_json": json.dumps([{"utc": _now(), "event": "create", "version": __version__}])}))
-                os.chmod(tmp, 0o777 & ~_umask())
+                os.chmod(tmp, 0o777 & ~current_umask())
                 _rename_into_place(tmp, path, path.with_name(f".{path.name}.replaced.tmp"))
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -321,6 +321,7 @@ class ZarrStore(Store):
             os.close(fd)
             try:
                 _write_file(Path(tmp), json.dumps(meta).encode())
+                os.chmod(tmp, default_file_mode())
                 os.replace(tmp, self.path / "zarr.json")
             finally:
                 Path(tmp).unlink(missing_ok=True)
@@ -344,9 +345,3 @@ def _rename_into_place(tmp: Path, final: Path, old: Path) -> None:
     else:
         os.replace(tmp, final)
     _fsync_dir(final.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -336,10 +336,20 @@ def explain(run: Any, store: Any = None, samples: str | Sequence[str] | None = "
             n_steps: int = 32, u_c: float | None = None, plots: bool = True) -> ExplainResult:
     """Attribute, quantify shares by peak region vs U, and write overlays, share plot and ``explain.json``.
 
+    ``run`` is a point run or a posterior run; of a posterior run the reported quantity, the posterior
+    mean of U, is explained (:func:`~moirestm.explain.posterior_attribution.attribute_posterior`).
     ``out`` defaults to ``<run>/explain``; PNGs ``overlays.png`` and ``shares.png``.
     """
-    run = _load_run(run)
-    atts = attribute(run, store, samples, methods=methods, max_samples=max_samples, n_steps=n_steps)
+    from ..learn.posterior import PosteriorRun, is_posterior_run
+
+    if isinstance(run, PosteriorRun) or (isinstance(run, (str, Path)) and is_posterior_run(run)):
+        from .posterior_attribution import attribute_posterior
+
+        run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
+        atts = attribute_posterior(run, store, samples, methods=methods, max_samples=max_samples, n_steps=n_steps)
+    else:
+        run = _load_run(run)
+        atts = attribute(run, store, samples, methods=methods, max_samples=max_samples, n_steps=n_steps)
     present = [m for m in methods if any(m in a.shares for a in atts)]
     shares = {m: shares_by_value(atts, m) for m in present}
     trends = {m: share_trend(atts, m) for m in present}

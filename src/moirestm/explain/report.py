@@ -135,9 +135,9 @@ def _metrics_section(run, metrics: dict, baselines: dict | None, trivial: dict, 
     return "".join(parts)
 
 
-def _attribution_section(expl, u_c: float) -> str:
+def _attribution_section(expl, u_c: float, quantity: str = "the U prediction") -> str:
     parts = ["<h2>Attribution</h2>",
-             "<p>Attribution of the U prediction on the model input grid. Regions are placed from the "
+             f"<p>Attribution of {quantity} on the model input grid. Regions are placed from the "
              "lattice: central moiré peaks (first moiré shell), Bragg peaks of both layers (rotated by ∓θ/2) "
              "with their first-shell moiré satellites, and everything else. Shares are fractions of the total "
              "absolute attribution; the trend statistic is Spearman ρ between U and "
@@ -213,7 +213,8 @@ def _trivial_baseline(run, st, keys_test: list[str]) -> dict:
 def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_html: str | Path | None = None,
                  *, samples: str | Sequence[str] = "test", max_samples: int = 24,
                  methods: Sequence[str] = METHODS, n_steps: int = 32, baselines: bool = True,
-                 analysis=None, title: str | None = None, progress=None, overwrite: bool = False) -> Path:
+                 analysis=None, title: str | None = None, posterior=None, progress=None,
+                 overwrite: bool = False) -> Path:
     """Write the self-contained HTML report of a run and return its path.
 
     Parameters
@@ -225,6 +226,9 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
     baselines : also fit the classical baselines (PCA + ridge, pixel kernel ridge, peak + ridge) on the
         run's split.
     analysis : a precomputed :class:`~moirestm.explain.analysis.AnalysisResult` with figures (else computed).
+    posterior : a posterior run (or its directory) trained on the same split: the report then explains the
+        quantity it reports (the posterior mean of U) and adds its calibration, identifiability and
+        out-of-family section (:func:`~moirestm.explain.posterior_report.posterior_section`).
     progress : optional callable ``progress(message)`` for status lines.
     overwrite : replace ``out_html`` (and the ``.json`` beside it) even if it holds another kind of file.
     """
@@ -265,15 +269,23 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
             except MoireSTMError as exc:
                 base = {"results": {}, "error": str(exc)}
         say("computing attributions")
-        expl = explain(run, st, samples=samples, out=tmp / "explain", methods=methods, max_samples=max_samples,
-                       n_steps=n_steps, u_c=analysis.u_c)
+        expl = explain(run if posterior is None else posterior, st, samples=samples, out=tmp / "explain",
+                       methods=methods, max_samples=max_samples, n_steps=n_steps, u_c=analysis.u_c)
+        posterior_html, posterior_numbers = "", None
+        if posterior is not None:
+            from .posterior_report import posterior_section
+
+            say("calibrating the posterior")
+            posterior_html, posterior_numbers = posterior_section(posterior, st, tmp=tmp / "posterior")
         curves = plot_history(run.history, tmp / "history.png")
         body = [f"<h1>{html.escape(title or 'moirestm report: learning U from FT-LDOS images')}</h1>",
                 f"<p>Run <code>{html.escape(str(run.path))}</code>, store <code>{html.escape(str(store))}</code>, "
                 f"moirestm {html.escape(__version__)}, generated {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>",
                 _dataset_section(st, analysis),
                 _metrics_section(run, metrics, base, trivial, Path(metrics.get("out", tmp)) / "parity.png", curves),
-                _attribution_section(expl, analysis.u_c),
+                posterior_html,
+                _attribution_section(expl, analysis.u_c, "the posterior mean of U" if posterior is not None
+                                     else "the U prediction"),
                 _analysis_section(analysis)]
         if base and base.get("error"):
             body.append(f'<p class="note">baselines failed: {html.escape(base["error"])}</p>')
@@ -286,7 +298,7 @@ def build_report(run_dir: str | Path, store_path: str | Path | None = None, out_
     metrics = {k: v for k, v in metrics.items() if k not in ("out", "plots")}
     write_json(out_html.with_suffix(".json"),
                {"metrics": metrics, "trivial_baseline": trivial, "baselines": base, "explain": expl.summary(),
-                "analysis": analysis.summary()}, REPORT_DATA_KIND, overwrite)
+                "analysis": analysis.summary(), "posterior": posterior_numbers}, REPORT_DATA_KIND, overwrite)
     return out_html
 
 

@@ -28,6 +28,8 @@ from .posterior import (CALIBRATED_90, COVERAGE_LEVELS, IDENTIFIED_CONTRACTION, 
 
 #: U bins of the identifiability analysis
 N_U_BINS = 6
+#: Fewer held-out images than this make sbi warn that SBC checks are weak (sbi.diagnostics.check_sbc).
+SBC_MIN_IMAGES = 100
 
 
 def interval_coverage(samples: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -47,12 +49,16 @@ def sbc(z_samples: np.ndarray, z_truth: np.ndarray) -> dict:
     would draw them again through sbi's unbounded rejection sampler, which stalls on images whose
     flow mass lies mostly outside the prior box).  Ranks are invariant under the box's affine map.
     """
+    import warnings
+
     from sbi.diagnostics import check_sbc
 
     z_samples = torch.from_numpy(np.asarray(z_samples, dtype=np.float32))
     thetas = torch.from_numpy(np.asarray(z_truth, dtype=np.float32))
     ranks = (z_samples < thetas[:, None, :]).sum(dim=1).float()
-    checks = check_sbc(ranks, thetas, z_samples[:, 0, :], num_posterior_samples=z_samples.shape[1])
+    with warnings.catch_warnings():  # sbi's "fewer than 100 SBC samples": said once, in the metrics' warnings
+        warnings.filterwarnings("ignore", message=".*less than 100 samples.*")
+        checks = check_sbc(ranks, thetas, z_samples[:, 0, :], num_posterior_samples=z_samples.shape[1])
     return {"ranks": ranks.numpy(), "ks_p": checks["ks_pvals"].numpy(), "c2st_ranks": checks["c2st_ranks"].numpy()}
 
 
@@ -209,6 +215,9 @@ def evaluate_posterior(run: PosteriorRun | str | Path, store: Any = None, part: 
         metrics["point"].pop("prediction")
         metrics["point"].pop("sigma")
     metrics["warnings"] = warnings + coverage_warnings(metrics)
+    if metrics["n"] < SBC_MIN_IMAGES:
+        metrics["warnings"].append(f"only {metrics['n']} held-out images: coverage and the SBC KS p-value are "
+                                   f"rough (sbi recommends at least {SBC_MIN_IMAGES})")
     if metrics["ood"]["flagged"] > 0.25:
         metrics["warnings"].append(f"{metrics['ood']['flagged']:.0%} of the images are flagged out of family")
     result = {"kind": "posterior", "part": "all" if other else part, "store": str(source), **metrics,

@@ -597,15 +597,14 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, x_val: torch.Tensor, false
 
 # --------------------------------------------------------------------------- baselines and checks
 def coverage_warnings(metrics: dict) -> list[str]:
-    """A line for every parameter whose 90 % coverage lies outside ``CALIBRATED_90``."""
+    """One line naming every parameter whose 90 % coverage lies outside ``CALIBRATED_90`` (none if all inside)."""
     lo, hi = CALIBRATED_90
-    out = []
-    for name, m in metrics["parameters"].items():
-        c = m["coverage"]["0.9"]
-        if not lo <= c <= hi:
-            out.append(f"{name}: 90 % interval coverage {c:.3f} on {metrics['n']} held-out images is outside "
-                       f"{lo}-{hi} (the posterior is {'over' if c > hi else 'under'}-dispersed)")
-    return out
+    outside = {name: m["coverage"]["0.9"] for name, m in metrics["parameters"].items()
+               if not lo <= m["coverage"]["0.9"] <= hi}
+    if not outside:
+        return []
+    parts = ", ".join(f"{name} {c:.3f} ({'over' if c > hi else 'under'}-dispersed)" for name, c in outside.items())
+    return [f"90 % interval coverage on {metrics['n']} held-out images outside {lo}-{hi}: {parts}"]
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:

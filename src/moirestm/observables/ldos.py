@@ -15,16 +15,15 @@ import scipy.linalg as sla
 
 from ..constants import LDOS_BROADENING_EV, LDOS_MIN_WINDOW_EV, LDOS_WINDOW_BROADENINGS
 from ..errors import MoireSTMError, positive_number
-from ..io import read_h5, write_h5
+from ..io import Result
 from ..meanfield.symmetry import kgrid as reduced_kgrid
 
-KIND = "SiteLDOS"
 _KINDS = ("lorentzian", "gaussian")
 
 
 @dataclass
-class SiteLDOS:
-    """Site-resolved LDOS at a set of bias energies.
+class SiteLDOS(Result):
+    """Site-resolved LDOS at a set of bias energies (saved and loaded through :class:`moirestm.io.Result`).
 
     Attributes
     ----------
@@ -47,23 +46,15 @@ class SiteLDOS:
         """(nb, N) spin-summed LDOS."""
         return self.ldos_up + self.ldos_down
 
-    def save(self, path) -> None:
-        write_h5(path, KIND, self.params, {
-            "bias_ev": self.bias_ev, "ldos_up": self.ldos_up, "ldos_down": self.ldos_down,
-            "positions_nm": self.positions_nm, "layer": self.layer, "superlattice_nm": self.superlattice_nm})
-
     @classmethod
     def load(cls, path) -> "SiteLDOS":
-        params, arrays, _ = read_h5(path, KIND)
-        need = ("bias_ev", "ldos_up", "ldos_down", "positions_nm", "layer", "superlattice_nm")
-        missing = [k for k in need if k not in arrays]
-        if missing:
-            raise MoireSTMError(f"{path}: damaged SiteLDOS, missing {', '.join(missing)}")
-        nb, n = len(arrays["bias_ev"]), len(arrays["layer"])
-        if arrays["ldos_up"].shape != (nb, n) or arrays["ldos_down"].shape != (nb, n) \
-                or arrays["positions_nm"].shape != (n, 3):
+        """Read an LDOS written by :meth:`save` (or before the result base); MoireSTMError when damaged."""
+        ldos = super().load(path)
+        nb, n = len(ldos.bias_ev), len(ldos.layer)
+        if np.shape(ldos.ldos_up) != (nb, n) or np.shape(ldos.ldos_down) != (nb, n) \
+                or np.shape(ldos.positions_nm) != (n, 3):
             raise MoireSTMError(f"{path}: damaged SiteLDOS, inconsistent array shapes")
-        return cls(*(arrays[k] for k in need), params=params)
+        return ldos
 
 
 def delta_kernel(x_ev: np.ndarray, width_ev: float, kind: str) -> np.ndarray:

@@ -144,7 +144,7 @@ def intensities(res, regions: dict, axes=None):
         ax.set_title(regions[region], fontsize=9)
         ax.set_xlabel("U (eV)")
         ax.set_ylabel("mean FT-LDOS in region")
-    axes[0, 0].legend(fontsize=6)
+    _legend(axes[0, 0])
     axes[0, 0].figure.tight_layout()
     return axes
 
@@ -170,9 +170,22 @@ def order_parameters(res, names, observable_only=(), axes=None):
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xlabel("U (eV)")
     axes[0, 0].set_ylabel("μ_B per site")
-    axes[0, 0].legend(fontsize=6)
+    _legend(axes[0, 0])
     axes[0, 0].figure.tight_layout()
     return axes
+
+
+#: More curves than this are drawn without labels (a store drawn from priors has one group per draw).
+MAX_LEGEND_ENTRIES = 8
+
+
+def _legend(ax) -> None:
+    """A small legend, or a note of the number of curves when they are too many to name."""
+    n = len(ax.get_lines())
+    if n <= MAX_LEGEND_ENTRIES:
+        ax.legend(fontsize=6)
+    else:
+        ax.text(0.02, 0.98, f"{n} curves (one per group)", transform=ax.transAxes, va="top", fontsize=6)
 
 
 def _curves(ax, u: np.ndarray, y: np.ndarray, labels: list[str]) -> None:
