@@ -179,6 +179,22 @@ def test_images_per_solve_engine_matches_one_image_per_solve(tmp_path):
         np.testing.assert_allclose(r["arrays"]["ldos"], one.total[0], rtol=2e-2)
 
 
+def test_info_counts_each_solve_once(tmp_path):
+    """dataset info summarises the solves behind the images: 2 draws x 1 U x 3 images = 6 images, 2 solves."""
+    from moirestm.dataset import run_sweep
+    from moirestm.dataset.export import info
+
+    spec = {"name": "img", "fixed": {"index": 1, "distance_nm": 0.335, "scf_kgrid": 2, "ldos_kgrid": 2},
+            "axes": {"hubbard_u_ev": [1.0]}, "n_draws": 2, "prior_seed": 3, "images_per_solve": 3,
+            "priors": {"bias_ev": {"dist": "uniform", "low": -0.05, "high": 0.05}},
+            "ft": {"size": 16}, "stm": {"enabled": False}}
+    run_sweep(Sweep.from_dict(spec), tmp_path / "d.h5", scheduler="synchronous", progress=False)
+    summary = info(tmp_path / "d.h5")
+    assert summary["n_ok"] == 6
+    solves = summary["solves"]
+    assert solves["n"] == 2 and solves["converged"] == 2 and 1 <= solves["iterations"]["median"] <= 300
+
+
 @pytest.mark.parametrize("priors, extra, match", [
     ({"dielectric": {"dist": "uniform", "low": 0.5, "high": 4.0}}, {}, "dielectric must be >= 1"),
     ({"broadening_ev": {"dist": "uniform", "low": 0.03, "high": 0.01}}, {}, "broadening_ev: low must be below"),

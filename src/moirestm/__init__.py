@@ -34,6 +34,8 @@ ENTRY_POINTS = {
     "Sweep": "moirestm.dataset", "Store": "moirestm.dataset", "run_sweep": "moirestm.dataset",
     "read_stm": "moirestm.measured", "calibrate": "moirestm.measured",
     "train": "moirestm.learn", "Run": "moirestm.learn", "evaluate": "moirestm.learn", "predict": "moirestm.learn",
+    "infer": "moirestm.learn", "PosteriorRun": "moirestm.learn", "predict_posterior": "moirestm.learn",
+    "evaluate_posterior": "moirestm.learn",
     "analyze": "moirestm.explain", "build_report": "moirestm.explain",
 }
 

@@ -52,7 +52,28 @@ def info(path) -> dict:
             "created_utc": attrs.get("created_utc"), "modified_utc": attrs.get("modified_utc"),
             "sweep": sweep.get("sweep"), "n_ok": len(ok), "n_failed": len(failed),
             "n_pending_journal": len(store.pending), "image_shape": shape, "varying": varying,
-            "file_mb": round(_size_bytes(Path(path)) / 2**20, 3)}
+            "solves": solve_summary(store), "file_mb": round(_size_bytes(Path(path)) / 2**20, 3)}
+
+
+def solve_summary(store: Store) -> dict | None:
+    """The mean-field solves behind the samples (the images of one solve counted once): how many, how many
+    converged, iterations, solve wall times and how many needed rungs beyond Pulay; None without records."""
+    from .sweep import PER_IMAGE
+
+    solves = {}
+    for row in store.table(None):
+        params = {k: v for k, v in row.items() if k not in ("key", "status", "image_id", *PER_IMAGE)}
+        solves.setdefault(json.dumps(params, sort_keys=True, default=str), row["key"])
+    records = [r for r in (store.results(key) for key in solves.values()) if "iterations" in r]
+    if not records:
+        return None
+    its = np.array([r["iterations"] for r in records])
+    wall = np.array([r.get("solve_wall_time_s", np.nan) for r in records], dtype=float)
+    return {"n": len(records), "converged": int(sum(bool(r.get("converged")) for r in records)),
+            "iterations": {"median": float(np.median(its)), "max": int(its.max())},
+            "solve_wall_time_s": {"sum": float(np.nansum(wall)), "median": float(np.nanmedian(wall)),
+                                  "max": float(np.nanmax(wall))},
+            "beyond_pulay": int(sum(len(r.get("ladder", [])) > 1 for r in records))}
 
 
 def _size_bytes(path: Path) -> int:
@@ -88,15 +109,15 @@ def export_png(path, outdir, status: str = "ok", colormap: str | None = None,
     outdir = Path(outdir)
     if outdir.exists() and any(outdir.iterdir()) and not overwrite:
         raise MoireSTMError(f"export folder {outdir} is not empty; choose another or pass overwrite")
+    if colormap:
+        from ..plot import check_colormap, save_colormapped
+
+        check_colormap(colormap)
     try:
         (outdir / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MoireSTMError(f"cannot create export folder {outdir} ({exc})") from None
     if colormap:
-        import matplotlib
-
-        if colormap not in matplotlib.colormaps:
-            raise MoireSTMError(f"unknown colour map {colormap!r}")
         (outdir / "view").mkdir(exist_ok=True)
     rows = []
     for key in store.keys(status):
@@ -105,9 +126,7 @@ def export_png(path, outdir, status: str = "ok", colormap: str | None = None,
         name = f"images/{key}.png"
         Image.fromarray(pixels).save(outdir / name)
         if colormap:
-            import matplotlib.pyplot as plt
-
-            plt.imsave(outdir / "view" / f"{key}.png", image, cmap=colormap)
+            save_colormapped(outdir / "view" / f"{key}.png", image, colormap)
         rows.append({"key": key, "file": name, "png_min": lo, "png_max": hi,
                      **_flatten(store.params(key))})
     columns = list(dict.fromkeys(c for row in rows for c in row))

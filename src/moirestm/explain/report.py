@@ -71,6 +71,19 @@ def plot_history(history: list[dict], path: Path) -> Path | None:
     return Path(save_figure(draw(history)[0].figure, path, overwrite=True, dpi=100))
 
 
+#: A parameter with more distinct values than this is summarised by its range (draws from priors).
+MAX_LISTED_VALUES = 12
+
+
+def _values_summary(values: list) -> str:
+    """The distinct values, or "n values from a to b" when there are many numeric ones."""
+    distinct = sorted({str(v) for v in values})
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if len(distinct) <= MAX_LISTED_VALUES or len(numeric) < len(values):
+        return ", ".join(distinct)
+    return f"{len(distinct)} values from {min(numeric):.4g} to {max(numeric):.4g}"
+
+
 def _dataset_section(st, analysis) -> str:
     table = st.table(status="ok")
     n_failed = len(st.keys(status="failed"))
@@ -78,7 +91,7 @@ def _dataset_section(st, analysis) -> str:
     rows = [("usable samples", len(table)), ("failed samples", n_failed),
             ("U values", f"{len(np.unique(u))} from {np.nanmin(u):.3g} to {np.nanmax(u):.3g} eV")]
     for name in analysis.group_by:
-        rows.append((name, ", ".join(sorted({str(r.get(name)) for r in table}))))
+        rows.append((name, _values_summary([r.get(name) for r in table])))
     first = table[0]
     if "index" in first:
         from ..lattice.tbg import atom_count, twist_angle_deg

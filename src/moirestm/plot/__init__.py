@@ -46,6 +46,24 @@ def save_figure(fig, path: str | os.PathLike, overwrite: bool = False, dpi: int 
     return path
 
 
+def check_colormap(name: str) -> str:
+    """``name`` if matplotlib knows the colour map; MoireSTMError otherwise."""
+    import matplotlib
+
+    from ..errors import MoireSTMError
+
+    if name not in matplotlib.colormaps:
+        raise MoireSTMError(f"unknown colour map {name!r}")
+    return name
+
+
+def save_colormapped(path: str | os.PathLike, image: np.ndarray, cmap: str) -> None:
+    """Write ``image`` as a colour-mapped PNG for viewing (one pixel per value, no axes)."""
+    import matplotlib.pyplot as plt
+
+    plt.imsave(path, image, cmap=cmap)
+
+
 def bands(result, ax=None, window_ev: float | None = 0.3, title: str | None = None):
     """Band structure (``BandStructure``) relative to the Fermi level, in meV."""
     ax = _axes(ax)
