@@ -196,3 +196,28 @@ def test_cli_predict_and_evaluate_dispatch_on_a_posterior_run(trained, tmp_path)
     assert set(data["hubbard_u_ev"]) == {"median", "mean", "q025", "q16", "q84", "q975"} and "ood" in data
     res = CliRunner().invoke(app, ["evaluate", str(out), "--json"])
     assert res.exit_code == 2 and "pass --data STORE" in res.output
+
+
+def test_measured_map_through_a_posterior_run_flags_another_twist(trained, tmp_path):
+    """A measured real-space map is calibrated to the run's frame; a 3.48 deg map against the run's
+    i = 5 (6.01 deg) family is flagged as a twist mismatch, a 6.01 deg one is not."""
+    from typer.testing import CliRunner
+
+    from moirestm.cli import app
+    from moirestm.lattice import twist_angle_deg
+    from moirestm.learn.measured import predict_measured_posterior
+    from moirestm.measured.synthetic import synthetic_stm_map
+
+    _, _, out = trained
+    for index, mismatch in ((9, True), (5, False)):
+        np.save(tmp_path / f"map{index}.npy", synthetic_stm_map(twist_angle_deg(index), n_px=256, pixel_nm=0.065,
+                                                                seed=1, noise=0.05))
+        r = predict_measured_posterior(out, tmp_path / f"map{index}.npy", pixel_nm=0.065)
+        u = r["hubbard_u_ev"]
+        assert u["q025"] <= u["q16"] <= u["median"] <= u["q84"] <= u["q975"] and isinstance(r["ood"], bool)
+        assert r["twist"]["mismatch"] is mismatch
+        assert any("twist" in w for w in r["warnings"]) is mismatch
+    res = CliRunner().invoke(app, ["predict", str(out), str(tmp_path / "map9.npy"), "--pixel-nm", "0.065", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert {"hubbard_u_ev", "ood_score", "ood", "calibration", "twist", "warnings"} <= set(data)

@@ -51,21 +51,30 @@ def infer_cmd(
     result_console.print(f"posterior run saved in {out}", highlight=False)
 
 
-def predict_posterior_cmd(run: Path, input: Path, key: Optional[str], json_out: bool) -> None:
-    """``moirestm predict`` for a posterior run: median, mean, 68 % and 95 % intervals, OOD flag."""
-    from ..learn.posterior import predict_source
+def predict_posterior_cmd(run: Path, input: Path, key: Optional[str], json_out: bool,
+                          measured: Optional[dict] = None) -> None:
+    """``moirestm predict`` for a posterior run: median, mean, 68 % and 95 % intervals, OOD flag; a measured
+    STM file (``measured``: its reading options) is calibrated to the simulation frame first."""
+    if measured is not None:
+        from ..learn.measured import predict_measured_posterior
 
-    results = predict_source(run, input, key=key)
+        results = [predict_measured_posterior(run, input, **measured)]
+    else:
+        from ..learn.posterior import predict_source
+
+        results = predict_source(run, input, key=key)
     if json_out:
         emit_json(results if key is None and len(results) != 1 else results[0])
         return
     for r in results:
         u = r["hubbard_u_ev"]
         others = ", ".join(f"{n} {v['median']:.4g} [{v['q16']:.4g}, {v['q84']:.4g}]" for n, v in r.items()
-                           if isinstance(v, dict) and n != "hubbard_u_ev")
+                           if isinstance(v, dict) and "median" in v and n != "hubbard_u_ev")
         flag = "  OUT OF FAMILY" if r["ood"] else ""
         typer.echo(f"{r['source']}: U = {u['median']:.3f} eV (68 %: {u['q16']:.3f}-{u['q84']:.3f}, 95 %: "
                    f"{u['q025']:.3f}-{u['q975']:.3f}); {others}; ood score {r['ood_score']:.2f}{flag}")
+        for line in r.get("warnings", []):
+            typer.echo(f"WARNING: {line}")
 
 
 def evaluate_posterior_cmd(run: Path, data: Optional[Path], part: str, out: Optional[Path], json_out: bool,

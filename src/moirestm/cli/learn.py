@@ -127,11 +127,13 @@ def predict_cmd(
     from ..learn import predict
     from ..learn.posterior import is_posterior_run
 
+    measured = input.suffix.lower() in (".sxm", ".3ds", ".gwy", ".txt") or pixel_nm is not None or channel
     if is_posterior_run(run):  # posterior quantiles and the out-of-family flag (cli/infer.py)
         from .infer import predict_posterior_cmd
 
-        return predict_posterior_cmd(run, input, key, json_out)
-    measured = input.suffix.lower() in (".sxm", ".3ds", ".gwy", ".txt") or pixel_nm is not None or channel
+        return predict_posterior_cmd(run, input, key, json_out,
+                                     measured={"channel": channel, "pixel_nm": pixel_nm, "drift_correction": drift}
+                                     if measured else None)
     if measured:
         from ..learn.measured import predict_measured
 

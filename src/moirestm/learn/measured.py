@@ -112,3 +112,43 @@ def predict_measured(run, path, channel: str | None = None, *, pixel_nm=None, dr
     twist = (twist_mismatch(report.twist_angle_deg, report.twist_uncertainty_deg, finite)
              if finite.size and np.isfinite(report.twist_angle_deg) else None)
     return MeasuredPrediction(prediction, report, ood, twist)
+
+
+def _family_angles(run) -> np.ndarray:
+    """Twist angles (deg) of a posterior run's training family: its fixed index or a drawn list of them."""
+    family = run.family or {}
+    prior = (family.get("priors") or {}).get("index")
+    indices = prior.get("values", []) if isinstance(prior, dict) else []
+    if family.get("index") is not None:
+        indices = [family["index"]]
+    return np.array([twist_angle_deg(int(i)) for i in indices], dtype=float)
+
+
+def predict_measured_posterior(run, path, channel: str | None = None, *, pixel_nm=None,
+                               drift_correction: bool = True, direction: str = "forward",
+                               n_samples: int | None = None, seed: int = 0) -> dict:
+    """Posterior summary of a measured STM map: calibrated to the simulation frame at the run's image size
+    and intensity scale, then ``{name: {median, mean, q025, q16, q84, q975}, "ood_score", "ood"}`` as for a
+    simulated image, plus ``"calibration"``, ``"twist"`` (the measured angle against the training family's)
+    and ``"warnings"`` (calibration notes, an out-of-family image, a twist mismatch)."""
+    from .posterior import PosteriorRun, summarise
+
+    run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
+    image, report = prepare_measured(path, channel, direction=direction, pixel_nm=pixel_nm,
+                                     drift_correction=drift_correction, size=int(run.normalizer.image_shape[0]),
+                                     intensity_scale=run.normalizer.scale)
+    samples, scores = run.samples([image], n_samples, seed)
+    result = {"source": str(path), **summarise(samples[0], run.names, float(scores[0]), run.ood["threshold"])}
+    warnings = list(getattr(report, "warnings", []))
+    if result["ood"]:
+        warnings.append(f"out of family: score {result['ood_score']:.2f} above the threshold "
+                        f"{run.ood['threshold']:.2f} (5 % false alarms on validation draws); the posterior is "
+                        "not to be trusted for this map")
+    angles = _family_angles(run)
+    twist = None
+    if angles.size and np.isfinite(report.twist_angle_deg):
+        twist = twist_mismatch(report.twist_angle_deg, report.twist_uncertainty_deg, angles)
+        if twist.mismatch:
+            warnings.append(twist.message)
+    return {**result, "calibration": report.to_dict(), "twist": None if twist is None else twist.to_dict(),
+            "warnings": warnings}
