@@ -221,3 +221,25 @@ def test_measured_map_through_a_posterior_run_flags_another_twist(trained, tmp_p
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert {"hubbard_u_ev", "ood_score", "ood", "calibration", "twist", "warnings"} <= set(data)
+
+
+def test_posterior_report_page_on_a_toy_store(tmp_path):
+    """The report's posterior section (coverage table, identifiability, out-of-family detection, example
+    posteriors) is built from a run on a real store; a second write refuses to replace a user's file."""
+    from moirestm.explain.posterior_report import build_posterior_report
+    from moirestm.learn.toy_priors import make_toy_prior_store
+
+    store = tmp_path / "toy.h5"
+    make_toy_prior_store(store, n_draws=32, size=16, seed=0)
+    run = infer(store, tmp_path / "run", point=False, progress=False, epochs=3, embedding="mlp", embedding_dim=8,
+                input_size=8, hidden_features=16, num_transforms=1, n_samples=100, batch_size=32)
+    page = build_posterior_report(run, tmp_path / "posterior.html")
+    text = page.read_text()
+    for words in ("Posterior over U and the unknowns", "SBC KS p", "Identifiability", "Out-of-family detection",
+                  "Example posteriors"):
+        assert words in text
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(MoireSTMError, match="refusing to overwrite"):
+        build_posterior_report(run, notes)
+    assert notes.read_text() == "mine"
