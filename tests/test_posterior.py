@@ -243,3 +243,20 @@ def test_posterior_report_page_on_a_toy_store(tmp_path):
     with pytest.raises(MoireSTMError, match="refusing to overwrite"):
         build_posterior_report(run, notes)
     assert notes.read_text() == "mine"
+
+
+def test_first_image_per_solve_groups_the_images_of_one_solve():
+    """Images differing only in image_id, bias and broadening come from one solve; another U or draw is
+    another solve (the rank test on one image per solve uses independent samples)."""
+    from moirestm.learn.calibration import first_image_per_solve
+
+    class Params:
+        rows = {"a": {"draw_id": 0, "hubbard_u_ev": 1.0, "image_id": 0, "bias_ev": 0.01, "broadening_ev": 0.01},
+                "b": {"draw_id": 0, "hubbard_u_ev": 1.0, "image_id": 1, "bias_ev": -0.01, "broadening_ev": 0.02},
+                "c": {"draw_id": 0, "hubbard_u_ev": 3.0, "image_id": 0, "bias_ev": 0.01, "broadening_ev": 0.01},
+                "d": {"draw_id": 1, "hubbard_u_ev": 1.0, "image_id": 0, "bias_ev": 0.01, "broadening_ev": 0.01}}
+
+        def params(self, key):
+            return dict(self.rows[key])
+
+    assert first_image_per_solve(Params(), ["a", "b", "c", "d"]).tolist() == [0, 2, 3]

@@ -15,6 +15,8 @@ intervals) on the same images, the out-of-family check of the evaluated store an
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,6 +32,8 @@ from .posterior import (CALIBRATED_90, COVERAGE_LEVELS, IDENTIFIED_CONTRACTION, 
 N_U_BINS = 6
 #: Fewer held-out images than this make sbi warn that SBC checks are weak (sbi.diagnostics.check_sbc).
 SBC_MIN_IMAGES = 100
+#: Fewest independent solves for the one-image-per-solve rank test.
+SBC_MIN_SOLVES = 10
 
 
 def interval_coverage(samples: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -130,14 +134,18 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
     cover = interval_coverage(samples, truth)
     median = np.median(samples, axis=1)
     checks = sbc(z, run.theta.encode(truth)) if with_sbc else None
-    out = {"n": len(keys), "n_samples": n_samples, "parameters": {}}
+    first = first_image_per_solve(st, keys)
+    per_solve = (sbc(z[first], run.theta.encode(truth[first]))
+                 if with_sbc and SBC_MIN_SOLVES <= len(first) < len(keys) else None)
+    out = {"n": len(keys), "n_solves": len(first), "n_samples": n_samples, "parameters": {}}
     for j, name in enumerate(run.names):
         err = median[:, j] - truth[:, j]
         out["parameters"][name] = {
             "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
             "mean_interval_68": float(np.mean(np.diff(np.quantile(samples[:, :, j], [0.16, 0.84], axis=1), axis=0))),
             "coverage": {level: float(c[j]) for level, c in cover.items()},
-            **({"sbc_ks_p": float(checks["ks_p"][j]), "sbc_c2st": float(checks["c2st_ranks"][j])} if checks else {})}
+            **({"sbc_ks_p": float(checks["ks_p"][j]), "sbc_c2st": float(checks["c2st_ranks"][j])} if checks else {}),
+            **({"sbc_ks_p_one_per_solve": float(per_solve["ks_p"][j])} if per_solve else {})}
     prior_sd = np.asarray([run.summary.get("prior_sd", {}).get(n, np.nan) for n in run.names])
     if np.any(~np.isfinite(prior_sd)):
         prior_sd = (run.theta.high - run.theta.low) / np.sqrt(12)
@@ -147,6 +155,18 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
         out["_arrays"] = {"samples": samples, "truth": truth, "ood_scores": scores,
                           **({"ranks": checks["ranks"]} if checks else {})}
     return out
+
+
+def first_image_per_solve(st, keys: Sequence[str]) -> np.ndarray:
+    """Indices into ``keys`` of the first image of every mean-field solve (images of one solve share U and
+    the draw, differing only in the per-image parameters), so rank tests can use independent samples."""
+    from ..dataset.sweep import PER_IMAGE
+
+    seen: dict = {}
+    for i, key in enumerate(keys):
+        params = {k: v for k, v in st.params(key).items() if k not in ("image_id", *PER_IMAGE)}
+        seen.setdefault(json.dumps(params, sort_keys=True, default=str), i)
+    return np.fromiter(seen.values(), dtype=int)
 
 
 def point_metrics(run: PosteriorRun, st, keys: Sequence[str]) -> dict | None:
@@ -215,9 +235,10 @@ def evaluate_posterior(run: PosteriorRun | str | Path, store: Any = None, part: 
         metrics["point"].pop("prediction")
         metrics["point"].pop("sigma")
     metrics["warnings"] = warnings + coverage_warnings(metrics)
-    if metrics["n"] < SBC_MIN_IMAGES:
-        metrics["warnings"].append(f"only {metrics['n']} held-out images: coverage and the SBC KS p-value are "
-                                   f"rough (sbi recommends at least {SBC_MIN_IMAGES})")
+    if metrics["n_solves"] < SBC_MIN_IMAGES:
+        metrics["warnings"].append(f"only {metrics['n']} held-out images from {metrics['n_solves']} solves: "
+                                   f"coverage and the SBC KS p-values are rough (sbi recommends at least "
+                                   f"{SBC_MIN_IMAGES} independent samples)")
     if metrics["ood"]["flagged"] > 0.25:
         metrics["warnings"].append(f"{metrics['ood']['flagged']:.0%} of the images are flagged out of family")
     result = {"kind": "posterior", "part": "all" if other else part, "store": str(source), **metrics,
