@@ -28,7 +28,7 @@ def tbg1():
     ({"filling": None, "mu_ev": math.nan}, "solve: mu_ev must be finite"),
     ({"filling": None, "mu_ev": 50.0}, "solve: mu_ev must be <= 10 eV"),
     ({"kgrid": 0}, "solve: kgrid must be >= 1"),
-    ({"kgrid": 65}, "solve: kgrid must be <= 64"),
+    ({"kgrid": 513}, "solve: kgrid must be <= 512"),
     ({"kgrid": True}, "solve: kgrid must be a number"),
     ({"seed": -1}, "solve: seed must be non-negative"),
     ({"mixing": 1.5}, "solve: mixing must be <= 1"),
