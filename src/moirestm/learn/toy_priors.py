@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import qmc
+from ..dataset.priors import sobol_points
 
 #: reference screening and interlayer distance of the toy (not physical constants)
 TOY_EPS_REF = 10.0
@@ -52,7 +52,7 @@ def toy_ft_image(u_ev: float, distance_nm: float, dielectric: float, broadening_
 def _draws(priors: dict, n_draws: int, seed: int) -> dict[str, np.ndarray]:
     """Scrambled-Sobol draws of uniform / loguniform priors."""
     names = sorted(priors)
-    unit = qmc.Sobol(len(names), scramble=True, seed=seed).random(n_draws)
+    unit = sobol_points(n_draws, len(names), seed)
     out = {}
     for j, name in enumerate(names):
         p = priors[name]
