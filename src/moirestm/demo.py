@@ -34,10 +34,11 @@ def demo_sweep(n_draws: int = DEMO_DRAWS, images_per_solve: int = DEMO_IMAGES_PE
 
     spec = copy.deepcopy(BUILTIN["demo-sbi"])
     spec.update(name="demo", n_draws=n_draws, images_per_solve=images_per_solve,
-                description=f"demo: the {spec['name']} priors, {n_draws} draws x 2 jittered U values x "
-                            f"{images_per_solve} images per solve")
-    spec["axes"] = {"hubbard_u_ev": dict(DEMO_U_AXIS)}
-    return Sweep.from_dict(spec)
+                axes={"hubbard_u_ev": dict(DEMO_U_AXIS)}, description="")
+    sweep = Sweep.from_dict(spec)
+    sweep.description = (f"demo: the demo-sbi priors, {n_draws} draws x {len(sweep.values['hubbard_u_ev'])} "
+                         f"jittered U values x {images_per_solve} images per solve")
+    return sweep
 
 
 @dataclass

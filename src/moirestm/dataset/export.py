@@ -58,12 +58,11 @@ def info(path) -> dict:
 def solve_summary(store: Store) -> dict | None:
     """The mean-field solves behind the samples (the images of one solve counted once): how many, how many
     converged, iterations, solve wall times and how many needed rungs beyond Pulay; None without records."""
-    from .sweep import PER_IMAGE
+    from .sweep import solve_key
 
     solves = {}
     for row in store.table(None):
-        params = {k: v for k, v in row.items() if k not in ("key", "status", "image_id", *PER_IMAGE)}
-        solves.setdefault(json.dumps(params, sort_keys=True, default=str), row["key"])
+        solves.setdefault(solve_key(row), row["key"])
     records = [r for r in (store.results(key) for key in solves.values()) if "iterations" in r]
     if not records:
         return None

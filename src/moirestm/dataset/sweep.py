@@ -84,6 +84,14 @@ PER_SAMPLE = ("hubbard_u_ev", "bias_ev", "broadening_ev")
 #: Parameters of the LDOS alone (not of the self-consistency): with ``images_per_solve`` > 1 their priors
 #: are drawn afresh for every image of a solve, from their own Sobol stream (seed ``prior_seed + 1``).
 PER_IMAGE = ("bias_ev", "broadening_ev")
+
+
+def solve_key(params: dict) -> str:
+    """Key shared by the stored samples of one mean-field solve: their parameters without ``image_id`` and
+    the per-image ones (``PER_IMAGE``), and without store bookkeeping (``key``, ``status``)."""
+    return json.dumps({k: v for k, v in params.items() if k not in ("key", "status", "image_id", *PER_IMAGE)},
+                      sort_keys=True, default=str)
+
 #: Largest number of samples a sweep may define (guards against typos like step = 1e-6).
 MAX_SAMPLES = 1_000_000
 

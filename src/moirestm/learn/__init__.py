@@ -27,6 +27,7 @@ from .train import TrainConfig, attach_kernel, train
 from .posterior import PosteriorRun, infer, predict_posterior
 from .calibration import evaluate_posterior
 
-__all__ = ["train", "attach_kernel", "infer", "PosteriorRun", "predict_posterior", "evaluate_posterior", "Run", "RunInfo", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate",
-           "predict", "Prediction", "run_baselines", "make_split", "Split", "Normalizer", "ImageDataset",
-           "open_store", "Augmenter", "AugmentConfig", "PRESETS", "build_model", "MODELS", "regression_metrics"]
+__all__ = ["train", "attach_kernel", "infer", "PosteriorRun", "predict_posterior", "evaluate_posterior", "Run",
+           "RunInfo", "TrainConfig", "KernelBlend", "PixelKernelRidge", "evaluate", "predict", "Prediction",
+           "run_baselines", "make_split", "Split", "Normalizer", "ImageDataset", "open_store", "Augmenter",
+           "AugmentConfig", "PRESETS", "build_model", "MODELS", "regression_metrics"]

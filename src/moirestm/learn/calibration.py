@@ -15,8 +15,6 @@ intervals) on the same images, the out-of-family check of the evaluated store an
 
 from __future__ import annotations
 
-import json
-
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,8 +28,8 @@ from .posterior import (CALIBRATED_90, COVERAGE_LEVELS, IDENTIFIED_CONTRACTION, 
 
 #: U bins of the identifiability analysis
 N_U_BINS = 6
-#: Fewer held-out images than this make sbi warn that SBC checks are weak (sbi.diagnostics.check_sbc).
-SBC_MIN_IMAGES = 100
+#: Fewer independent samples than this make sbi warn that SBC checks are weak (sbi.diagnostics.check_sbc).
+SBC_MIN_SAMPLES = 100
 #: Fewest independent solves for the one-image-per-solve rank test.
 SBC_MIN_SOLVES = 10
 
@@ -160,12 +158,11 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
 def first_image_per_solve(st, keys: Sequence[str]) -> np.ndarray:
     """Indices into ``keys`` of the first image of every mean-field solve (images of one solve share U and
     the draw, differing only in the per-image parameters), so rank tests can use independent samples."""
-    from ..dataset.sweep import PER_IMAGE
+    from ..dataset.sweep import solve_key
 
     seen: dict = {}
     for i, key in enumerate(keys):
-        params = {k: v for k, v in st.params(key).items() if k not in ("image_id", *PER_IMAGE)}
-        seen.setdefault(json.dumps(params, sort_keys=True, default=str), i)
+        seen.setdefault(solve_key(st.params(key)), i)
     return np.fromiter(seen.values(), dtype=int)
 
 
@@ -235,10 +232,10 @@ def evaluate_posterior(run: PosteriorRun | str | Path, store: Any = None, part: 
         metrics["point"].pop("prediction")
         metrics["point"].pop("sigma")
     metrics["warnings"] = warnings + coverage_warnings(metrics)
-    if metrics["n_solves"] < SBC_MIN_IMAGES:
+    if metrics["n_solves"] < SBC_MIN_SAMPLES:
         metrics["warnings"].append(f"only {metrics['n']} held-out images from {metrics['n_solves']} solves: "
                                    f"coverage and the SBC KS p-values are rough (sbi recommends at least "
-                                   f"{SBC_MIN_IMAGES} independent samples)")
+                                   f"{SBC_MIN_SAMPLES} independent samples)")
     if metrics["ood"]["flagged"] > 0.25:
         metrics["warnings"].append(f"{metrics['ood']['flagged']:.0%} of the images are flagged out of family")
     result = {"kind": "posterior", "part": "all" if other else part, "store": str(source), **metrics,

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 from ..dataset.priors import sobol_points
 
 #: reference screening and interlayer distance of the toy (not physical constants)

@@ -144,7 +144,7 @@ def intensities(res, regions: dict, axes=None):
         ax.set_title(regions[region], fontsize=9)
         ax.set_xlabel("U (eV)")
         ax.set_ylabel("mean FT-LDOS in region")
-    _legend(axes[0, 0])
+    _legend(axes[0, 0], len(set(res.groups)))
     axes[0, 0].figure.tight_layout()
     return axes
 
@@ -170,7 +170,7 @@ def order_parameters(res, names, observable_only=(), axes=None):
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xlabel("U (eV)")
     axes[0, 0].set_ylabel("μ_B per site")
-    _legend(axes[0, 0])
+    _legend(axes[0, 0], len(set(labels)))
     axes[0, 0].figure.tight_layout()
     return axes
 
@@ -179,13 +179,12 @@ def order_parameters(res, names, observable_only=(), axes=None):
 MAX_LEGEND_ENTRIES = 8
 
 
-def _legend(ax) -> None:
-    """A small legend, or a note of the number of curves when they are too many to name."""
-    n = len(ax.get_lines())
-    if n <= MAX_LEGEND_ENTRIES:
+def _legend(ax, n_curves: int) -> None:
+    """A small legend, or a note of the number of curves (``n_curves`` groups) when they are too many to name."""
+    if n_curves <= MAX_LEGEND_ENTRIES:
         ax.legend(fontsize=6)
     else:
-        ax.text(0.02, 0.98, f"{n} curves (one per group)", transform=ax.transAxes, va="top", fontsize=6)
+        ax.text(0.02, 0.98, f"{n_curves} curves (one per group)", transform=ax.transAxes, va="top", fontsize=6)
 
 
 def _curves(ax, u: np.ndarray, y: np.ndarray, labels: list[str]) -> None:
