@@ -101,6 +101,21 @@ def test_ood_flags_blank_and_saturated(trained):
     assert np.mean(val) <= 0.15
 
 
+def test_ood_flags_a_pattern_the_family_never_makes(trained):
+    """A third bright block (no training image has one) is flagged on nearly every test image; the
+    same images without it are flagged at about the false-alarm rate."""
+    store, run, _ = trained
+    keys = run.split.test[:40]
+    clean = [store.image(k) for k in keys]
+    spotted = [im.copy() for im in clean]
+    for im in spotted:
+        im[24:32, 0:8] += 0.5
+    _, clean_scores = run.samples(clean, 100)
+    _, spotted_scores = run.samples(spotted, 100)
+    assert np.mean(spotted_scores > run.ood["threshold"]) >= 0.9
+    assert np.mean(clean_scores > run.ood["threshold"]) <= 0.15
+
+
 def test_prediction_keys_and_round_trip(trained, tmp_path):
     store, run, out = trained
     image = store.image(run.split.test[1])

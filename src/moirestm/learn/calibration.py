@@ -128,7 +128,7 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
     x = batch_inputs(run.normalizer, images)
     z = run.sample_z(x, n_samples, seed)
     samples = run.theta.decode(z)
-    scores = run.ood_scores(x)
+    scores = run.ood_scores(x, np.median(z, axis=1))
     cover = interval_coverage(samples, truth)
     median = np.median(samples, axis=1)
     checks = sbc(z, run.theta.encode(truth)) if with_sbc else None

@@ -4,15 +4,15 @@ The score and its threshold (5 % false alarms on the validation draws) are fitte
 :func:`moirestm.learn.posterior.fit_ood`.  :func:`ood_detection` measures the false-alarm rate
 on the run's test draws and the detection rate on sets that lie outside the training family:
 blank images (all zero), saturated images (every pixel at the image maximum, a pegged
-detector), the held-out images with an artefact preset never trained on (default ``noisy``,
-FT space), and every sample of any other store given (e.g. a distance beyond the prior, another
+detector), the held-out images with each artefact preset never trained on (default ``noisy``
+and ``symb``, FT space), and every sample of any other store given (e.g. a distance beyond the prior, another
 twist index).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,14 +28,14 @@ def _rate(run: PosteriorRun, images) -> dict:
             "median_score": float(np.median(scores))}
 
 
-def ood_detection(run: PosteriorRun | str | Path, store: Any = None, artefact: str = "noisy",
-                  others: dict[str, Any] | None = None, seed: int = 0) -> dict:
+def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
+                  artefacts: Sequence[str] = ("noisy", "symb"), others: dict[str, Any] | None = None, seed: int = 0) -> dict:
     """False alarms on the test draws and detection rates on out-of-family sets (see the module docstring).
 
     Parameters
     ----------
     store : the training store (default: the one the run records).
-    artefact : augmentation preset applied to the test images for the artefact set (None: no such set).
+    artefacts : augmentation presets applied to the test images, one set each (empty: no such sets).
     others : ``{name: store}`` of stores outside the training family; every ok sample is scored.
     """
     run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
@@ -49,7 +49,7 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None, artefact: s
     sets = result["sets"]
     sets["blank"] = _rate(run, [np.zeros_like(im) for im in images])
     sets["saturated"] = _rate(run, [np.full_like(im, im.max()) for im in images])
-    if artefact is not None:
+    for artefact in artefacts:
         ds = ImageDataset(st, keys, run.normalizer, Augmenter(artefact), seed=seed)
         sets[f"artefact:{artefact}"] = _rate(run, ds.augmented(range(len(keys))))
     for name, other in (others or {}).items():

@@ -46,7 +46,8 @@ from .run import _atomic_save, _load_checkpoint, load_strict
 warnings.filterwarnings("ignore", message=r".*triangular_solve is deprecated.*", category=UserWarning)
 
 POSTERIOR_FORMAT = "moirestm-posterior-run"
-POSTERIOR_VERSION = 1
+#: 2: the out-of-family score's second half is the posterior consistency check (was an unconditional PCA distance)
+POSTERIOR_VERSION = 2
 POSTERIOR_FILE = "posterior.pt"
 POINT_DIR = "point"
 #: central-interval levels of the coverage checks
@@ -283,7 +284,7 @@ class PosteriorRun:
             raise MoireSTMError(f"{file} does not hold a moirestm posterior run")
         if state.get("format_version") != POSTERIOR_VERSION:
             raise MoireSTMError(f"posterior run format version {state.get('format_version')} is not supported "
-                                f"(this moirestm reads version {POSTERIOR_VERSION})")
+                                f"(this moirestm reads version {POSTERIOR_VERSION}); retrain it with moirestm infer")
         missing = [k for k in ("estimator_config", "state_dict", "normalizer", "theta", "split", "ood")
                    if k not in state]
         if missing:
@@ -306,9 +307,16 @@ class PosteriorRun:
         self.estimator.eval()
         return torch.cat([self.estimator.embedding_net(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
 
-    def ood_scores(self, x: torch.Tensor) -> np.ndarray:
-        """Out-of-family scores of normalised inputs (see :func:`fit_ood`)."""
-        return ood_score(self.ood, self.embed(x), x.reshape(len(x), -1).numpy())
+    def ood_scores(self, x: torch.Tensor, z_median: np.ndarray | None = None, ood: dict | None = None
+                   ) -> np.ndarray:
+        """Out-of-family scores of normalised inputs (see :func:`fit_ood`).
+
+        ``z_median``: the inputs' posterior medians in box coordinates (sampled when not given);
+        ``ood``: statistics to use instead of the run's own.
+        """
+        if z_median is None:
+            z_median = np.median(self.sample_z(x, self.config.get("n_samples", N_SAMPLES)), axis=1)
+        return ood_score(ood or self.ood, self.embed(x), x.reshape(len(x), -1).numpy(), z_median)
 
     @torch.no_grad()
     def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32) -> np.ndarray:
@@ -345,7 +353,7 @@ class PosteriorRun:
         """Physical posterior samples ``(n, n_samples, d)`` and OOD scores ``(n,)`` of raw images."""
         x = batch_inputs(self.normalizer, images)
         z = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed)
-        return self.theta.decode(z), self.ood_scores(x)
+        return self.theta.decode(z), self.ood_scores(x, np.median(z, axis=1))
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
@@ -457,7 +465,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
                        {"best": {**best, "fit_s": t_fit, "n_parameters": count_parameters(estimator)}},
                        _family(st, priors))
     run.summary["prior_sd"] = {n: float(s) for n, s in zip(theta.names, y_train.std(axis=0))}
-    run.ood = fit_ood(run, x_train, x_val, cfg.ood_false_alarm)
+    run.ood = fit_ood(run, x_train, x_val, cfg.ood_false_alarm, cfg.n_samples, cfg.seed)
     from .calibration import calibration_metrics
 
     val = calibration_metrics(run, st, split.val, n_samples=cfg.n_samples, seed=cfg.seed)
@@ -540,8 +548,10 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
 
 
 # --------------------------------------------------------------------------- out-of-family score
-#: principal components of the normalised input images in the pixel half of the OOD score
-OOD_PCA_COMPONENTS = 16
+#: principal components of the normalised input images in the consistency half of the OOD score
+OOD_PCA_COMPONENTS = 32
+#: ridge penalty of the quadratic emulator from the posterior median to those components
+OOD_EMULATOR_RIDGE = 1.0
 
 
 def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -549,48 +559,67 @@ def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", d, precision, d), 0.0))
 
 
-def _pixel_distance(ood: dict, pixels: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance in the leading principal components plus the reconstruction residual (in
-    units of its training rms)."""
+def _quadratic_features(z: np.ndarray) -> np.ndarray:
+    """``[1, z_i, z_i z_j (i <= j)]`` of box coordinates ``(n, d)``."""
+    z = np.asarray(z, dtype=np.float64)
+    i, j = np.triu_indices(z.shape[1])
+    return np.concatenate([np.ones((len(z), 1)), z, z[:, i] * z[:, j]], axis=1)
+
+
+def _consistency(ood: dict, pixels: np.ndarray, z_median: np.ndarray) -> np.ndarray:
+    """Distance of a normalised image from what the training images look like at its posterior median.
+
+    The image's leading principal components minus their quadratic emulation from the posterior
+    median (Mahalanobis in the training residuals' covariance, per component), added in quadrature
+    to the PCA reconstruction residual in units of its training mean: about 1.4 for a training
+    image, large for noise, blur or a pattern the family does not produce at the inferred parameters.
+    """
     centred = np.asarray(pixels, dtype=np.float64) - ood["pix_mean"]
     coords = centred @ ood["pix_components"].T
-    residual = np.sum(centred**2, axis=1) - np.sum(coords**2, axis=1)
-    maha = _mahalanobis(coords, ood["pca_mean"], ood["pca_precision"])
-    return np.sqrt(maha**2 + np.maximum(residual, 0.0) / ood["residual_ms"])
+    residual = np.maximum(np.sum(centred**2, axis=1) - np.sum(coords**2, axis=1), 0.0)
+    misfit = coords - _quadratic_features(z_median) @ ood["emulator"]
+    maha = _mahalanobis(misfit, ood["misfit_mean"], ood["misfit_precision"])
+    return np.sqrt(maha**2 / coords.shape[1] + residual / ood["residual_ms"])
 
 
-def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """The larger of the embedding and the pixel Mahalanobis distances, each in units of its median
-    on the training draws (so a typical training image scores about 1)."""
+def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray, z_median: np.ndarray) -> np.ndarray:
+    """The larger of the embedding Mahalanobis distance and the consistency distance (:func:`_consistency`),
+    each in units of its median on the training draws (so a typical training image scores about 1)."""
     emb = _mahalanobis(embeddings, ood["emb_mean"], ood["emb_precision"]) / ood["emb_scale"]
-    pix = _pixel_distance(ood, pixels) / ood["pix_scale"]
-    return np.maximum(emb, pix)
+    return np.maximum(emb, _consistency(ood, pixels, z_median) / ood["consistency_scale"])
 
 
-def fit_ood(run: PosteriorRun, x_train: torch.Tensor, x_val: torch.Tensor, false_alarm: float) -> dict:
+def fit_ood(run: PosteriorRun, x_train: torch.Tensor, x_val: torch.Tensor, false_alarm: float,
+            n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
     """Out-of-family statistics of the training draws and the threshold at ``false_alarm`` on the validation draws.
 
-    Two distances: Mahalanobis of the flow's CNN embedding (Ledoit-Wolf covariance) and, because an
-    embedding can map a far-off input (a blank image) near the training cloud, the Mahalanobis
-    distance of the normalised input in its leading ``OOD_PCA_COMPONENTS`` principal components plus
-    the PCA reconstruction residual.
+    Two distances: Mahalanobis of the flow's CNN embedding (Ledoit-Wolf covariance), and the
+    consistency of the image with its own posterior (:func:`_consistency`: a posterior predictive
+    check against a quadratic emulator of the training images' leading principal components).  An
+    embedding can map a far-off input (a blank image) near the training cloud, and noise or blur
+    that the embedding ignores leaves the image unlike any training image at the inferred parameters.
     """
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
     emb = run.embed(x_train)
     pixels = x_train.reshape(len(x_train), -1).numpy().astype(np.float64)
+    z_median = np.median(run.sample_z(x_train, n_samples, seed), axis=1)
     pca = PCA(n_components=min(OOD_PCA_COMPONENTS, len(pixels) - 1, pixels.shape[1]), random_state=0).fit(pixels)
     coords = (pixels - pca.mean_) @ pca.components_.T
-    lw_emb, lw_pca = LedoitWolf().fit(emb), LedoitWolf().fit(coords)
+    features = _quadratic_features(z_median)
+    emulator = np.linalg.solve(features.T @ features + OOD_EMULATOR_RIDGE * np.eye(features.shape[1]),
+                               features.T @ coords)
+    lw_emb, lw_misfit = LedoitWolf().fit(emb), LedoitWolf().fit(coords - features @ emulator)
     residual = np.sum((pixels - pca.mean_) ** 2, axis=1) - np.sum(coords**2, axis=1)
     ood = {"emb_mean": lw_emb.location_, "emb_precision": lw_emb.precision_, "emb_scale": 1.0,
-           "pix_mean": pca.mean_, "pix_components": pca.components_, "pca_mean": lw_pca.location_,
-           "pca_precision": lw_pca.precision_, "residual_ms": float(max(np.mean(residual), 1e-12)),
-           "pix_scale": 1.0, "threshold": float("inf"), "false_alarm": float(false_alarm)}
+           "pix_mean": pca.mean_, "pix_components": pca.components_, "emulator": emulator,
+           "misfit_mean": lw_misfit.location_, "misfit_precision": lw_misfit.precision_,
+           "residual_ms": float(max(np.mean(residual), 1e-12)), "consistency_scale": 1.0,
+           "threshold": float("inf"), "false_alarm": float(false_alarm)}
     ood["emb_scale"] = float(np.median(_mahalanobis(emb, lw_emb.location_, lw_emb.precision_))) or 1.0
-    ood["pix_scale"] = float(np.median(_pixel_distance(ood, pixels))) or 1.0
-    val = ood_score(ood, run.embed(x_val), x_val.reshape(len(x_val), -1).numpy())
+    ood["consistency_scale"] = float(np.median(_consistency(ood, pixels, z_median))) or 1.0
+    val = run.ood_scores(x_val, np.median(run.sample_z(x_val, n_samples, seed), axis=1), ood)
     ood["threshold"] = float(np.quantile(val, 1 - false_alarm))
     return ood
 
