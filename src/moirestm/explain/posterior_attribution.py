@@ -35,6 +35,7 @@ class PosteriorMean(nn.Module):
         self.embedding, self.transform = flow._embedding_net, flow._transform
         self.j = run.names.index(name)
         self.scale, self.shift = float(run.theta.half_width[self.j]), float(run.theta.centre[self.j])
+        self.log = bool(run.theta.log[self.j])
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("noise", torch.randn(n_samples, len(run.names), generator=gen))
 
@@ -44,7 +45,8 @@ class PosteriorMean(nn.Module):
         ctx = e.repeat_interleave(n, dim=0)
         z, _ = self.transform.inverse(self.noise.repeat(len(x), 1), context=ctx)
         z = z[:, self.j].clamp(-1, 1).reshape(len(x), n)
-        return (z.mean(dim=1) * self.scale + self.shift)[:, None]
+        value = z * self.scale + self.shift
+        return (value.exp() if self.log else value).mean(dim=1)[:, None]
 
 
 def attribute_posterior(run: Any, store: Any = None, samples: str | Sequence[str] | None = "test",

@@ -9,7 +9,8 @@ on the held-out validation *draws*).  ``theta`` is U plus every numeric drawn pa
 store's priors (``choice`` priors, e.g. a twist index, are not inferred and are marginalised).
 
 The prior handed to sbi is a uniform box over the prior ranges (U: the range of the store's
-U values), in standardised coordinates ``z = (theta - centre) / half_width`` in ``[-1, 1]``;
+U values), in standardised coordinates ``z = (theta - centre) / half_width`` in ``[-1, 1]`` (of
+``log theta`` for a log-uniform prior, so that the box is the prior there);
 the training pairs themselves follow the store's actual priors (e.g. log-uniform or truncated
 normal), so the learned posterior is the posterior under those priors, and the box only
 bounds the support (samples outside it are rejected).
@@ -97,26 +98,41 @@ class PosteriorConfig:
 # --------------------------------------------------------------------------- theta and prior
 @dataclass
 class Theta:
-    """The inferred parameters: names, prior box and the store's prior record."""
+    """The inferred parameters: names, prior box, which are inferred in log space, and the store's prior record.
+
+    The flow works in box coordinates ``z`` in ``[-1, 1]``: linear in the parameter, or in its
+    logarithm for a log-uniform prior (``log``), so that such a prior is uniform in ``z`` too.
+    """
 
     names: list[str]
     low: np.ndarray
     high: np.ndarray
     priors: dict = field(default_factory=dict)
+    log: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.log = np.zeros(len(self.names), bool) if self.log is None else np.asarray(self.log, bool)
+
+    def _scaled(self, theta) -> np.ndarray:
+        theta = np.asarray(theta, dtype=np.float64)
+        return np.where(self.log, np.log(np.where(self.log, theta, 1.0)), theta)
 
     @property
     def centre(self) -> np.ndarray:
-        return (self.low + self.high) / 2
+        """Box centre in the flow's (linear or log) coordinates."""
+        return (self._scaled(self.low) + self._scaled(self.high)) / 2
 
     @property
     def half_width(self) -> np.ndarray:
-        return (self.high - self.low) / 2
+        """Box half-width in the flow's (linear or log) coordinates."""
+        return (self._scaled(self.high) - self._scaled(self.low)) / 2
 
     def encode(self, theta: np.ndarray) -> np.ndarray:
-        return ((np.asarray(theta, dtype=np.float64) - self.centre) / self.half_width).astype(np.float32)
+        return ((self._scaled(theta) - self.centre) / self.half_width).astype(np.float32)
 
     def decode(self, z) -> np.ndarray:
-        return np.asarray(z, dtype=np.float64) * self.half_width + self.centre
+        t = np.asarray(z, dtype=np.float64) * self.half_width + self.centre
+        return np.where(self.log, np.exp(t), t)
 
     def box(self):
         """The sbi prior: a uniform box ``[-1, 1]^d`` in standardised coordinates."""
@@ -127,11 +143,12 @@ class Theta:
 
     def to_dict(self) -> dict:
         return {"names": list(self.names), "low": self.low.tolist(), "high": self.high.tolist(),
-                "priors": self.priors}
+                "log": self.log.tolist(), "priors": self.priors}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Theta":
-        return cls(list(d["names"]), np.asarray(d["low"], float), np.asarray(d["high"], float), dict(d["priors"]))
+        return cls(list(d["names"]), np.asarray(d["low"], float), np.asarray(d["high"], float), dict(d["priors"]),
+                   d.get("log"))
 
 
 def store_priors(store) -> dict:
@@ -148,12 +165,13 @@ def store_priors(store) -> dict:
 def theta_of(store, keys: Sequence[str], priors: dict) -> Theta:
     """U plus every numeric, non-``choice`` prior parameter that varies, with its box.
 
-    The box is the prior's ``[low, high]`` where it states one, else the range of the samples.
+    The box is the prior's ``[low, high]`` where it states one, else the range of the samples; a
+    log-uniform prior is inferred in log space.
     """
     params = [store.params(k) for k in keys]
     names = [DEFAULT_TARGET] + sorted(n for n, p in priors.items()
                                       if n != DEFAULT_TARGET and p.get("dist") != "choice")
-    low, high, kept = [], [], []
+    low, high, kept, log = [], [], [], []
     for name in names:
         values = [p.get(name) for p in params]
         if any(v is None for v in values):
@@ -173,7 +191,8 @@ def theta_of(store, keys: Sequence[str], priors: dict) -> Theta:
         kept.append(name)
         low.append(lo)
         high.append(hi)
-    return Theta(kept, np.array(low), np.array(high), priors)
+        log.append(spec.get("dist") == "loguniform" and lo > 0)
+    return Theta(kept, np.array(low), np.array(high), priors, np.array(log, bool))
 
 
 def draw_split(store, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Split:
