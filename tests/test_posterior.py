@@ -295,3 +295,28 @@ def test_first_image_per_solve_groups_the_images_of_one_solve():
             return dict(self.rows[key])
 
     assert first_image_per_solve(Params(), ["a", "b", "c", "d"]).tolist() == [0, 2, 3]
+
+
+def test_infer_with_an_artefact_preset(tmp_path):
+    """A run trained on an artefact preset evaluates its held-out draws with that preset (the same draw
+    on every call), leaves it out of the out-of-family artefact sets, and refuses an unknown preset."""
+    from moirestm.learn.calibration import calibration_metrics
+    from moirestm.learn.ood import ood_detection
+    from moirestm.learn.toy_priors import make_toy_prior_store
+
+    store = make_toy_prior_store(tmp_path / "toy.h5", n_draws=24, size=32, seed=0)
+    with pytest.raises(MoireSTMError, match="unknown augmentation preset 'scratchy'"):
+        infer(store, tmp_path / "bad", point=False, progress=False, augment="scratchy")
+    assert not (tmp_path / "bad").exists()
+    run = infer(store, tmp_path / "run", point=False, progress=False, augment="noisy", epochs=3, embedding="mlp",
+                embedding_dim=4, input_size=8, hidden_features=16, num_transforms=1, n_samples=50)
+    keys = run.split.test[:6]
+    first, again = run.held_out_images(store, keys), run.held_out_images(store, keys)
+    raw = [store.image(k) for k in keys]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not any(np.allclose(a, r) for a, r in zip(first, raw))
+    reloaded = PosteriorRun.load(tmp_path / "run")
+    assert reloaded.config["augment"] == "noisy"
+    assert calibration_metrics(reloaded, store, keys, n_samples=50, with_sbc=False)["n"] == len(keys)
+    sets = ood_detection(reloaded, store)["sets"]
+    assert "artefact:symb" in sets and "artefact:noisy" not in sets

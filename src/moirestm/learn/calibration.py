@@ -123,7 +123,7 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
     if not keys:
         raise MoireSTMError("no samples to evaluate")
     n_samples = n_samples or run.config.get("n_samples", 1000)
-    images = [st.image(k) for k in keys]
+    images = run.held_out_images(st, keys)
     truth = _theta_values(st, keys, run.theta)
     x = batch_inputs(run.normalizer, images)
     z = run.sample_z(x, n_samples, seed)
@@ -174,7 +174,7 @@ def point_metrics(run: PosteriorRun, st, keys: Sequence[str]) -> dict | None:
     from .run import Run
 
     prun = Run.load(Path(run.path) / POINT_DIR)
-    mu, sd = prun.predict([st.image(k) for k in keys])
+    mu, sd = prun.predict(run.held_out_images(st, keys))
     y = np.array([float(st.params(k)[DEFAULT_TARGET]) for k in keys])
     err = mu[:, 0] - y
     cover = {level: float(np.mean(np.abs(err) <= q * sd[:, 0])) for level, q in point["conformal"].items()}

@@ -36,7 +36,8 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
     ----------
     store : the training store (default: the one the run records).
     artefacts : augmentation presets applied to the test images, one set each (empty: no such sets).
-    others : ``{name: store}`` of stores outside the training family; every ok sample is scored.
+    others : ``{name: store}`` of stores outside the training family; every ok sample is scored
+        (with the run's own artefact preset, if it was trained with one, as the false alarms are).
     """
     run = run if isinstance(run, PosteriorRun) else PosteriorRun.load(run)
     source = store if store is not None else run.store
@@ -44,12 +45,12 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
         raise MoireSTMError("the run records no store path; pass the training store")
     st = open_store(source)
     keys = run.split.test
-    images = [run.normalizer.check(st.image(k)) for k in keys]
+    images = [run.normalizer.check(im) for im in run.held_out_images(st, keys)]
     result = {"threshold": run.ood["threshold"], "false_alarm_test": _rate(run, images), "sets": {}}
     sets = result["sets"]
     sets["blank"] = _rate(run, [np.zeros_like(im) for im in images])
     sets["saturated"] = _rate(run, [np.full_like(im, im.max()) for im in images])
-    for artefact in artefacts:
+    for artefact in (a for a in artefacts if a != run.config.get("augment", "clean")):
         ds = ImageDataset(st, keys, run.normalizer, Augmenter(artefact), seed=seed)
         sets[f"artefact:{artefact}"] = _rate(run, ds.augmented(range(len(keys))))
     for name, other in (others or {}).items():
@@ -57,7 +58,7 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
         okeys = ost.keys(status="ok")
         if not okeys:
             raise MoireSTMError(f"out-of-family store {name!r} has no usable samples")
-        sets[name] = _rate(run, [ost.image(k) for k in okeys])
+        sets[name] = _rate(run, run.held_out_images(ost, okeys))
     result["detection_min"] = min(s["flagged"] for s in sets.values())
     return result
 

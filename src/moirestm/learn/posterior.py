@@ -90,6 +90,7 @@ class PosteriorConfig:
     ood_false_alarm: float = 0.05
     point: bool = True
     point_max_minutes: float | None = None
+    augment: str = "clean"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -319,6 +320,10 @@ class PosteriorRun:
                    state.get("store"), state.get("moirestm_version", "?"), state.get("history", []),
                    state.get("summary", {}), state.get("family", {}))
 
+    def held_out_images(self, store, keys: Sequence[str]) -> list[np.ndarray]:
+        """Images of ``keys`` as the run's family makes them (with its artefact preset, if any)."""
+        return family_images(store, keys, self.normalizer, self.config.get("augment"), self.config.get("seed", 0))
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> np.ndarray:
@@ -448,6 +453,27 @@ def _check_config(cfg: PosteriorConfig) -> None:
         raise MoireSTMError(f"infer: ood_false_alarm must lie in (0, 0.5), got {cfg.ood_false_alarm}")
     if cfg.lr <= 0:
         raise MoireSTMError(f"infer: lr must be > 0, got {cfg.lr}")
+    family_augmenter(cfg.augment)  # an unknown preset is a one-line error before any work
+
+
+def family_augmenter(preset: str | None):
+    """The FT-space :class:`~moirestm.learn.augment.Augmenter` of a run's artefact preset (None for ``clean``)."""
+    from .augment import Augmenter
+
+    augmenter = Augmenter(preset or "clean", "ft")
+    return None if augmenter.is_identity else augmenter
+
+
+def family_images(store, keys: Sequence[str], normalizer: Normalizer, preset: str | None, seed: int
+                  ) -> list[np.ndarray]:
+    """Held-out images as a run's family makes them: raw, or with its artefact preset (one draw per
+    image from ``seed + 1``, the same on every call)."""
+    from .data import ImageDataset
+
+    augmenter = family_augmenter(preset)
+    if augmenter is None:
+        return [store.image(k) for k in keys]
+    return ImageDataset(store, keys, normalizer, augmenter, seed=seed + 1).augmented(range(len(keys)))
 
 
 def _family(st, priors: dict) -> dict:
@@ -457,6 +483,8 @@ def _family(st, priors: dict) -> dict:
 
 
 def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path, progress: bool) -> PosteriorRun:
+    from .data import ImageDataset
+
     torch.manual_seed(cfg.seed)
     split = split or draw_split(st, cfg.seed, cfg.val_fraction, cfg.test_fraction)
     if not split.train or not split.val:
@@ -469,8 +497,15 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     y_train = _theta_values(st, split.train, theta)
     normalizer = Normalizer.fit(train_images, y_train, theta.names,
                                 None if size == first.shape[-1] == first.shape[-2] else size)
-    x_train = batch_inputs(normalizer, train_images)
-    x_val = batch_inputs(normalizer, [st.image(k) for k in split.val])
+    augmenter = family_augmenter(cfg.augment)
+    train_ds = ImageDataset(st, split.train, normalizer, augmenter, cfg.seed)
+
+    def train_inputs(epoch: int) -> torch.Tensor:  # a fresh artefact draw every epoch
+        train_ds.epoch = epoch
+        return batch_inputs(normalizer, train_ds.augmented(range(len(train_ds))))
+
+    x_train = train_inputs(0)
+    x_val = batch_inputs(normalizer, family_images(st, split.val, normalizer, cfg.augment, cfg.seed))
     z_train = torch.from_numpy(theta.encode(y_train))
     z_val = torch.from_numpy(theta.encode(_theta_values(st, split.val, theta)))
     est_config = {"flow": cfg.flow, "embedding": cfg.embedding, "dropout": cfg.dropout, "embedding_dim": cfg.embedding_dim, "width": cfg.width,
@@ -478,7 +513,8 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
                   "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
                   "seed": cfg.seed}
     estimator = build_estimator(est_config)
-    history, best, t_fit = _train_flow(estimator, cfg, x_train, z_train, x_val, z_val, progress)
+    history, best, t_fit = _train_flow(estimator, cfg, x_train if augmenter is None else train_inputs, z_train,
+                                       x_val, z_val, progress)
     run = PosteriorRun(out, estimator, est_config, normalizer, theta, split, cfg.to_dict(), {},
                        str(Path(store_path(st)).resolve()) if store_path(st) else None, __version__, history,
                        {"best": {**best, "fit_s": t_fit, "n_parameters": count_parameters(estimator)}},
@@ -509,7 +545,8 @@ def _theta_values(st, keys: Sequence[str], theta: Theta) -> np.ndarray:
 
 def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val, progress: bool):
     """Maximum-likelihood training with early stopping on the validation draws' mean NLL; with
-    ``max_minutes`` the cosine learning-rate schedule is re-fitted each epoch to the time left."""
+    ``max_minutes`` the cosine learning-rate schedule is re-fitted each epoch to the time left.
+    ``x_train``: the training inputs, or a function of the epoch that returns them (fresh artefacts)."""
     from .train import cosine_lr
 
     opt = torch.optim.AdamW(estimator.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -523,12 +560,13 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
         for g in opt.param_groups:
             g["lr"] = cosine_lr(cfg.lr, epoch, schedule)
         estimator.train()
-        order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(x_train)))
+        inputs = x_train(epoch) if callable(x_train) else x_train
+        order = torch.from_numpy(np.random.default_rng([cfg.seed, epoch]).permutation(len(inputs)))
         losses = []
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = estimator.loss(z_train[idx], condition=x_train[idx]).mean()
+            loss = estimator.loss(z_train[idx], condition=inputs[idx]).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(estimator.parameters(), 5.0)
             opt.step()
@@ -663,7 +701,8 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
 
 
 def point_baseline(st, split: Split, out: Path, cfg: PosteriorConfig, progress: bool) -> dict:
-    """Today's network + kernel blend on the same split, with a normalised split-conformal interval.
+    """Today's network + kernel blend on the same split and artefact preset, with a normalised
+    split-conformal interval.
 
     Conformity score ``|y - mu| / sigma`` (sigma: the run's calibrated sigma) on the validation
     draws; the interval ``mu +- q sigma`` is checked on the test draws.  The validation draws
@@ -673,9 +712,9 @@ def point_baseline(st, split: Split, out: Path, cfg: PosteriorConfig, progress: 
 
     t0 = time.perf_counter()
     point = train(st, "cnn", split=split, out=out, overwrite=True, progress=progress,
-                  targets=[DEFAULT_TARGET], seed=cfg.seed, max_minutes=cfg.point_max_minutes)
+                  targets=[DEFAULT_TARGET], seed=cfg.seed, max_minutes=cfg.point_max_minutes, augment=cfg.augment)
     fit_s = time.perf_counter() - t0
-    mu_val, sd_val = point.predict([st.image(k) for k in split.val])
+    mu_val, sd_val = point.predict(family_images(st, split.val, point.normalizer, cfg.augment, cfg.seed))
     y_val = np.array([float(st.params(k)[DEFAULT_TARGET]) for k in split.val])
     scores = np.abs(y_val - mu_val[:, 0]) / np.maximum(sd_val[:, 0], 1e-12)
     return {"run": str(out), "model": point.name, "fit_s": fit_s,
