@@ -1,13 +1,15 @@
 """Posterior benchmark: training time, held-out calibration, OOD detection and prediction latency.
 
     OMP_NUM_THREADS=2 flock /tmp/team/heavy.lock .venv/bin/python benchmarks/bench_posterior.py \
-        [--data STORE] [--independent STORE] [--ood NAME=STORE ...] [--max-minutes 10] [--out runs/bench-posterior]
+        [--data STORE] [--independent STORE] [--ood NAME=STORE ...] [--augment PRESET] \
+        [--max-minutes 10] [--out runs/bench-posterior]
 
 Without ``--data`` a toy store with priors (:mod:`moirestm.learn.toy_priors`, not physics) is
 built.  ``--independent`` names a store of further draws from the same priors (e.g.
 ``benchmarks/sweeps/demo-sbi-sbc.toml``): calibration, SBC and the false-alarm rate are measured on
-it too, since the run's own test split holds few independent draws.  Writes ``benchmarks/results/posterior-<store name>.json`` and prints the markdown rows
-of the docs/benchmarks.md section.
+it too, since the run's own test split holds few independent draws.  Writes
+``benchmarks/results/posterior-<store name>[-<augment>].json`` and prints the markdown rows of the
+docs/benchmarks.md section.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=10.0)
     ap.add_argument("--point-max-minutes", type=float, default=3.0)
     ap.add_argument("--embedding", default="cnn")
+    ap.add_argument("--augment", default="clean", help="artefact preset of the training family")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-posterior"))
     ap.add_argument("--toy-draws", type=int, default=300)
     args = ap.parse_args()
@@ -64,7 +67,7 @@ def main() -> None:
         others = {"distance beyond the prior": args.out.parent / "toy-sbi-far.h5", **others}
     t0 = time.perf_counter()
     run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes, embedding=args.embedding,
-                point_max_minutes=args.point_max_minutes, progress=False)
+                augment=args.augment, point_max_minutes=args.point_max_minutes, progress=False)
     wall = time.perf_counter() - t0
     metrics = evaluate_posterior(run, part="test")
     detection = ood_detection(run, others=others)
@@ -77,7 +80,7 @@ def main() -> None:
               "val_warnings": run.summary["warnings"], "test": metrics, "ood_detection": detection,
               "independent": independent,
               "latency": [latency(run, images, threads=t) for t in (2, 1)]}
-    name = Path(data).stem
+    name = Path(data).stem + ("" if args.augment == "clean" else f"-{args.augment}")
     out = Path("benchmarks/results") / f"posterior-{name}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     u = metrics["parameters"]["hubbard_u_ev"]
