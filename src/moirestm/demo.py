@@ -70,6 +70,7 @@ def run_demo(out_dir="demo-output", workers: int | None = None, console: Console
     from .lattice import TBGLattice
     from .learn import Run
     from .learn.calibration import evaluate_posterior
+    from .errors import MoireSTMError
     from .learn.posterior import POINT_DIR, POSTERIOR_FILE, PosteriorRun, infer
 
     console = console or Console(stderr=True)
@@ -102,10 +103,14 @@ def run_demo(out_dir="demo-output", workers: int | None = None, console: Console
 
     t = stage("3/5 posterior over U and the unknowns + point model, on a split of whole held-out draws")
     run_dir = out / "run-posterior"
+    posterior = None
     if (run_dir / POSTERIOR_FILE).exists():
-        posterior = PosteriorRun.load(run_dir)
-        console.print(f"reusing the finished posterior run in {run_dir}")
-    else:
+        try:
+            posterior = PosteriorRun.load(run_dir)
+            console.print(f"reusing the finished posterior run in {run_dir}")
+        except MoireSTMError as exc:  # e.g. written by an older moirestm: the demo's own run, so retrain
+            console.print(f"[yellow]not reusing {run_dir}:[/] {exc}; retraining it")
+    if posterior is None:
         posterior = infer(store_path, run_dir, overwrite=True, max_minutes=posterior_minutes,
                           point_max_minutes=point_minutes, seed=0)
     point = Run.load(run_dir / POINT_DIR)
