@@ -326,6 +326,32 @@ def test_dataset_is_lazy(store):
     assert not torch.equal(ds[0][0], x)
 
 
+def test_dataset_reuses_images_read_and_reads_targets_on_use(store):
+    sp = make_split(store, "group")
+    images = [store.image(k) for k in sp.train]
+    norm = Normalizer.fit(images, targets_of(store, sp.train, ["hubbard_u_ev"]), ["hubbard_u_ev"], 16)
+
+    class Counting:  # the store, counting image reads and hiding U
+        reads = 0
+
+        def image(self, key):
+            Counting.reads += 1
+            return store.image(key)
+
+        def params(self, key):
+            return {k: v for k, v in store.params(key).items() if k != "hubbard_u_ev"}
+
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+    ds = ImageDataset(Counting(), sp.train, norm, images=images)
+    assert len(ds.augmented(range(len(ds)))) == len(sp.train) and Counting.reads == 0
+    with pytest.raises(MoireSTMError, match="hubbard_u_ev"):
+        ds.targets
+    with pytest.raises(MoireSTMError, match="3 images for"):
+        ImageDataset(store, sp.train, norm, images=images[:3])
+
+
 def test_batched_augmentation_matches_per_image(store):
     sp = make_split(store, "group")
     norm = Normalizer.fit([store.image(k) for k in sp.train], targets_of(store, sp.train, ["hubbard_u_ev"]),

@@ -501,10 +501,15 @@ class ImageDataset(Dataset):
         :mod:`moirestm.learn.augment`); ``sample`` gives lazy access to the stored arrays.
     seed : augmentation seed; draws depend on (seed, epoch, index) only, so runs are reproducible.
     cache : keep raw images in memory after the first read.
+    images : the raw images of ``keys`` when already read (e.g. to fit the normaliser), so the
+        store is not read twice; they are kept in the cache.
+
+    Targets are read from the store on first use only, so a dataset used for its images alone
+    (held-out or artefact sets) needs no target parameters.
     """
 
     def __init__(self, store, keys: Sequence[str], normalizer: Normalizer, augment: Callable | None = None,
-                 seed: int = 0, cache: bool = True):
+                 seed: int = 0, cache: bool = True, images: Sequence[np.ndarray] | None = None):
         self.store = store
         self.keys = list(keys)
         self.normalizer = normalizer
@@ -513,8 +518,20 @@ class ImageDataset(Dataset):
         self.epoch = 0
         self.cache = cache
         self._images: dict[int, np.ndarray] = {}
+        if images is not None:
+            if len(images) != len(self.keys):
+                raise MoireSTMError(f"ImageDataset: {len(images)} images for {len(self.keys)} keys")
+            self._images = {i: normalizer.check(im) for i, im in enumerate(images)}
         self._inputs: torch.Tensor | None = None
-        self._targets = normalizer.encode_targets(targets_of(store, self.keys, normalizer.target_names))
+        self._targets: np.ndarray | None = None
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Normalised targets ``(n, n_targets)``, read from the store on first use."""
+        if self._targets is None:
+            self._targets = self.normalizer.encode_targets(targets_of(self.store, self.keys,
+                                                                      self.normalizer.target_names))
+        return self._targets
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -532,7 +549,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         image = self.augmented([i])[0]
-        return torch.from_numpy(self.normalizer.transform(image)), torch.from_numpy(self._targets[i])
+        return torch.from_numpy(self.normalizer.transform(image)), torch.from_numpy(self.targets[i])
 
     def augmented(self, indices: Sequence[int]) -> list[np.ndarray]:
         """Raw inputs of ``indices`` with this epoch's augmentation draws, before normalisation.
@@ -568,7 +585,7 @@ class ImageDataset(Dataset):
         Without augmentation the normalised inputs are computed once and kept (with ``cache``).
         """
         idx = [int(i) for i in indices]
-        y = torch.from_numpy(self._targets[idx])
+        y = torch.from_numpy(self.targets[idx])
         if self.augment is None and self.cache:
             if self._inputs is None:
                 self._inputs = self.normalizer.transform_images([self.raw(i) for i in range(len(self))])

@@ -498,7 +498,8 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     normalizer = Normalizer.fit(train_images, y_train, theta.names,
                                 None if size == first.shape[-1] == first.shape[-2] else size)
     augmenter = family_augmenter(cfg.augment)
-    train_ds = ImageDataset(st, split.train, normalizer, augmenter, cfg.seed)
+    train_ds = ImageDataset(st, split.train, normalizer, augmenter, cfg.seed, images=train_images)
+    del train_images  # the dataset keeps the checked copies
 
     def train_inputs(epoch: int) -> torch.Tensor:  # a fresh artefact draw every epoch
         train_ds.epoch = epoch

@@ -187,9 +187,11 @@ def _fit(cfg: TrainConfig, st, store, split, out: Path, model: str, augment: Aug
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     resume_state = _resume_state(cfg, out, resume)
-    split_obj, normalizer, model_config = _prepare_data(cfg, st, split, model, resume_state)
+    split_obj, normalizer, model_config, train_images = _prepare_data(cfg, st, split, model, resume_state)
     write_json(out / "split.json", split_obj.to_dict(), "Split", overwrite=True)
-    train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed)
+    train_ds = ImageDataset(st, split_obj.train, normalizer, None if augment.is_identity else augment, cfg.seed,
+                            images=train_images)
+    del train_images  # the dataset keeps the checked copies
     val_ds = ImageDataset(st, split_obj.val, normalizer)
     net, opt, loop = _build_model(cfg, model_config, device, resume_state, out)
     checkpoint = functools.partial(_checkpoint, out / LAST, cfg, split_obj, normalizer, model_config)
@@ -215,12 +217,13 @@ def _resume_state(cfg: TrainConfig, out: Path, resume: bool) -> dict | None:
 
 
 def _prepare_data(cfg: TrainConfig, st, split, model: str, resume_state: dict | None
-                  ) -> tuple[Split, Normalizer, dict]:
-    """Data preparation: the split, the normalisation fitted on the training part and the model
-    configuration (input shape, targets, channels); a resumed run's own."""
+                  ) -> tuple[Split, Normalizer, dict, list | None]:
+    """Data preparation: the split, the normalisation fitted on the training part, the model
+    configuration (input shape, targets, channels) and the training images read for the fit; a
+    resumed run's own (no images read)."""
     if resume_state is not None:
         return (Split.from_dict(resume_state["split"]), Normalizer.from_state(resume_state["normalizer"]),
-                resume_state["model_config"])
+                resume_state["model_config"], None)
     split_obj = split if isinstance(split, Split) else make_split(
         st, cfg.split, seed=cfg.seed, target=cfg.targets[0], val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction)
@@ -236,7 +239,7 @@ def _prepare_data(cfg: TrainConfig, st, split, model: str, resume_state: dict | 
     model_config = {"name": model, "in_shape": list(normalizer.input_shape), "n_targets": len(cfg.targets),
                     **({"in_channels": normalizer.n_channels} if normalizer.channels else {}),
                     **cfg.model_options}
-    return split_obj, normalizer, model_config
+    return split_obj, normalizer, model_config, train_images
 
 
 @dataclass
