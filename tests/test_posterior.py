@@ -136,6 +136,27 @@ def test_ood_flags_a_pattern_the_family_never_makes(trained):
     assert np.mean(clean_scores > run.ood["threshold"]) <= 0.15
 
 
+def test_ood_reads_a_parameter_beyond_its_prior(trained):
+    """Block 0 at theta = 1.8 (prior [-1, 1]): the flow can only put it at the box edge, the linear
+    box reading extrapolates to about 1.8 and the image is flagged; in-family images read near their truth."""
+    from moirestm.learn.data import batch_inputs
+    from moirestm.learn.posterior import _box_reading, _pca_coords
+
+    store, run, _ = trained
+    keys = run.split.test[:40]
+    beyond = [store.image(k).copy() for k in keys]
+    for im in beyond:
+        im[4:12, 4:12] += 1.9 - im[4:12, 4:12].mean()
+    x = lambda images: batch_inputs(run.normalizer, images).reshape(len(images), -1).numpy()
+    reading = _box_reading(run.ood, _pca_coords(run.ood, x(beyond))[0])[:, 0]
+    assert 1.4 < np.median(reading) < 2.2
+    truth = run.theta.encode(np.array([[store.params(k)[n] for n in run.names] for k in keys]))[:, 0]
+    clean = _box_reading(run.ood, _pca_coords(run.ood, x([store.image(k) for k in keys]))[0])[:, 0]
+    assert np.median(np.abs(clean - truth)) < 0.15
+    _, scores = run.samples(beyond, 100)
+    assert np.mean(scores > run.ood["threshold"]) >= 0.9
+
+
 def test_prediction_keys_and_round_trip(trained, tmp_path):
     store, run, out = trained
     image = store.image(run.split.test[1])

@@ -47,8 +47,9 @@ from .run import _atomic_save, _load_checkpoint, load_strict
 warnings.filterwarnings("ignore", message=r".*triangular_solve is deprecated.*", category=UserWarning)
 
 POSTERIOR_FORMAT = "moirestm-posterior-run"
-#: 2: the out-of-family score's second half is the posterior consistency check (was an unconditional PCA distance)
-POSTERIOR_VERSION = 2
+#: 2: the out-of-family score's second half is the posterior consistency check (was an unconditional PCA distance);
+#: 3: a third part, the prior-box reading (:func:`_box_excess`)
+POSTERIOR_VERSION = 3
 POSTERIOR_FILE = "posterior.pt"
 POINT_DIR = "point"
 #: central-interval levels of the coverage checks
@@ -521,7 +522,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
                        {"best": {**best, "fit_s": t_fit, "n_parameters": count_parameters(estimator)}},
                        _family(st, priors))
     run.summary["prior_sd"] = {n: float(s) for n, s in zip(theta.names, y_train.std(axis=0))}
-    run.ood = fit_ood(run, x_train, x_val, cfg.ood_false_alarm, cfg.n_samples, cfg.seed)
+    run.ood = fit_ood(run, x_train, z_train.numpy(), x_val, cfg.ood_false_alarm, cfg.n_samples, cfg.seed)
     from .calibration import calibration_metrics
 
     val = calibration_metrics(run, st, split.val, n_samples=cfg.n_samples, seed=cfg.seed)
@@ -610,6 +611,8 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
 OOD_PCA_COMPONENTS = 32
 #: ridge penalty of the quadratic emulator from the posterior median to those components
 OOD_EMULATOR_RIDGE = 1.0
+#: ridge penalty of the linear reader from the standardised components to the true box coordinates
+OOD_READER_RIDGE = 1.0
 
 
 def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -624,7 +627,21 @@ def _quadratic_features(z: np.ndarray) -> np.ndarray:
     return np.concatenate([np.ones((len(z), 1)), z, z[:, i] * z[:, j]], axis=1)
 
 
-def _consistency(ood: dict, pixels: np.ndarray, z_median: np.ndarray) -> np.ndarray:
+def _ridge(features: np.ndarray, targets: np.ndarray, penalty: float) -> np.ndarray:
+    """Ridge weights ``(n_features, n_targets)``; the first (constant) feature is not penalised."""
+    reg = penalty * np.eye(features.shape[1])
+    reg[0, 0] = 0.0
+    return np.linalg.solve(features.T @ features + reg, features.T @ targets)
+
+
+def _pca_coords(ood: dict, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leading principal components ``(n, k)`` of normalised flat images and the reconstruction residual ``(n,)``."""
+    centred = np.asarray(pixels, dtype=np.float64) - ood["pix_mean"]
+    coords = centred @ ood["pix_components"].T
+    return coords, np.maximum(np.sum(centred**2, axis=1) - np.sum(coords**2, axis=1), 0.0)
+
+
+def _consistency(ood: dict, coords: np.ndarray, residual: np.ndarray, z_median: np.ndarray) -> np.ndarray:
     """Distance of a normalised image from what the training images look like at its posterior median.
 
     The image's leading principal components minus their quadratic emulation from the posterior
@@ -632,30 +649,50 @@ def _consistency(ood: dict, pixels: np.ndarray, z_median: np.ndarray) -> np.ndar
     to the PCA reconstruction residual in units of its training mean: about 1.4 for a training
     image, large for noise, blur or a pattern the family does not produce at the inferred parameters.
     """
-    centred = np.asarray(pixels, dtype=np.float64) - ood["pix_mean"]
-    coords = centred @ ood["pix_components"].T
-    residual = np.maximum(np.sum(centred**2, axis=1) - np.sum(coords**2, axis=1), 0.0)
     misfit = coords - _quadratic_features(z_median) @ ood["emulator"]
     maha = _mahalanobis(misfit, ood["misfit_mean"], ood["misfit_precision"])
     return np.sqrt(maha**2 / coords.shape[1] + residual / ood["residual_ms"])
 
 
+def _box_reading(ood: dict, coords: np.ndarray) -> np.ndarray:
+    """Unbounded linear reading ``(n, d)`` of the box coordinates from the standardised principal components."""
+    return np.concatenate([np.ones((len(coords), 1)), coords / ood["coord_sd"]], axis=1) @ ood["reader"]
+
+
+def _box_excess(ood: dict, coords: np.ndarray) -> np.ndarray:
+    """How far beyond the prior box ``[-1, 1]`` the image's linear parameter reading lies, in units of
+    that reading's error on the training draws (largest over the parameters; 0 inside the box).
+
+    The flow cannot say that a parameter lies beyond its prior: its samples live in the box, and it
+    puts an image from beyond the edge at the edge.  A linear reader fitted to the true parameters
+    of the training draws extrapolates instead (a distance 4 % beyond a ±1 % prior reads at about 2.4).
+    """
+    excess = np.maximum(np.abs(_box_reading(ood, coords)) - 1.0, 0.0) / ood["reader_sd"]
+    return excess.max(axis=1)
+
+
 def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray, z_median: np.ndarray) -> np.ndarray:
-    """The larger of the embedding Mahalanobis distance and the consistency distance (:func:`_consistency`),
-    each in units of its median on the training draws (so a typical training image scores about 1)."""
+    """The largest of three out-of-family distances, each about 1 on a typical training image: the
+    embedding Mahalanobis distance and the consistency distance (:func:`_consistency`) in units of
+    their training medians, and one plus the prior-box excess (:func:`_box_excess`)."""
     emb = _mahalanobis(embeddings, ood["emb_mean"], ood["emb_precision"]) / ood["emb_scale"]
-    return np.maximum(emb, _consistency(ood, pixels, z_median) / ood["consistency_scale"])
+    coords, residual = _pca_coords(ood, pixels)
+    consistency = _consistency(ood, coords, residual, z_median) / ood["consistency_scale"]
+    return np.maximum(np.maximum(emb, consistency), 1.0 + _box_excess(ood, coords))
 
 
-def fit_ood(run: PosteriorRun, x_train: torch.Tensor, x_val: torch.Tensor, false_alarm: float,
+def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val: torch.Tensor, false_alarm: float,
             n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
-    """Out-of-family statistics of the training draws and the threshold at ``false_alarm`` on the validation draws.
+    """Out-of-family statistics of the training draws (inputs ``x_train``, true box coordinates
+    ``z_train``) and the threshold at ``false_alarm`` on the validation draws.
 
-    Two distances: Mahalanobis of the flow's CNN embedding (Ledoit-Wolf covariance), and the
-    consistency of the image with its own posterior (:func:`_consistency`: a posterior predictive
-    check against a quadratic emulator of the training images' leading principal components).  An
-    embedding can map a far-off input (a blank image) near the training cloud, and noise or blur
-    that the embedding ignores leaves the image unlike any training image at the inferred parameters.
+    Three distances (:func:`ood_score`): Mahalanobis of the flow's CNN embedding (Ledoit-Wolf
+    covariance); the consistency of the image with its own posterior (:func:`_consistency`: a
+    posterior predictive check against a quadratic emulator of the training images' leading
+    principal components); and how far beyond the prior box a linear reading of the parameters lies
+    (:func:`_box_excess`).  An embedding can map a far-off input (a blank image) near the training
+    cloud; noise or blur that the embedding ignores leaves the image unlike any training image at
+    the inferred parameters; an image from just beyond a prior's edge looks like one at the edge.
     """
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
@@ -664,19 +701,22 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, x_val: torch.Tensor, false
     pixels = x_train.reshape(len(x_train), -1).numpy().astype(np.float64)
     z_median = np.median(run.sample_z(x_train, n_samples, seed), axis=1)
     pca = PCA(n_components=min(OOD_PCA_COMPONENTS, len(pixels) - 1, pixels.shape[1]), random_state=0).fit(pixels)
-    coords = (pixels - pca.mean_) @ pca.components_.T
+    ood = {"pix_mean": pca.mean_, "pix_components": pca.components_}
+    coords, residual = _pca_coords(ood, pixels)
     features = _quadratic_features(z_median)
-    emulator = np.linalg.solve(features.T @ features + OOD_EMULATOR_RIDGE * np.eye(features.shape[1]),
-                               features.T @ coords)
+    emulator = _ridge(features, coords, OOD_EMULATOR_RIDGE)
     lw_emb, lw_misfit = LedoitWolf().fit(emb), LedoitWolf().fit(coords - features @ emulator)
-    residual = np.sum((pixels - pca.mean_) ** 2, axis=1) - np.sum(coords**2, axis=1)
-    ood = {"emb_mean": lw_emb.location_, "emb_precision": lw_emb.precision_, "emb_scale": 1.0,
-           "pix_mean": pca.mean_, "pix_components": pca.components_, "emulator": emulator,
-           "misfit_mean": lw_misfit.location_, "misfit_precision": lw_misfit.precision_,
-           "residual_ms": float(max(np.mean(residual), 1e-12)), "consistency_scale": 1.0,
-           "threshold": float("inf"), "false_alarm": float(false_alarm)}
-    ood["emb_scale"] = float(np.median(_mahalanobis(emb, lw_emb.location_, lw_emb.precision_))) or 1.0
-    ood["consistency_scale"] = float(np.median(_consistency(ood, pixels, z_median))) or 1.0
+    ood.update({"emb_mean": lw_emb.location_, "emb_precision": lw_emb.precision_,
+                "emb_scale": float(np.median(_mahalanobis(emb, lw_emb.location_, lw_emb.precision_))) or 1.0,
+                "emulator": emulator, "misfit_mean": lw_misfit.location_, "misfit_precision": lw_misfit.precision_,
+                "residual_ms": float(max(np.mean(residual), 1e-12)),
+                "coord_sd": np.maximum(coords.std(axis=0), 1e-12), "threshold": float("inf"),
+                "false_alarm": float(false_alarm)})
+    z_train = np.asarray(z_train, dtype=np.float64)
+    reader_features = np.concatenate([np.ones((len(coords), 1)), coords / ood["coord_sd"]], axis=1)
+    ood["reader"] = _ridge(reader_features, z_train, OOD_READER_RIDGE)
+    ood["reader_sd"] = np.maximum((_box_reading(ood, coords) - z_train).std(axis=0), 1e-6)
+    ood["consistency_scale"] = float(np.median(_consistency(ood, coords, residual, z_median))) or 1.0
     val = run.ood_scores(x_val, np.median(run.sample_z(x_val, n_samples, seed), axis=1), ood)
     ood["threshold"] = float(np.quantile(val, 1 - false_alarm))
     return ood
