@@ -97,10 +97,18 @@ def main() -> None:
           f"{u.get('sbc_ks_p_one_per_solve', float('nan')):.3g} one image per solve ({metrics['n_solves']} solves) |")
     print(f"| OOD false alarms (test draws) | {detection['false_alarm_test']['flagged']:.3f} |")
     for set_name, s in detection["sets"].items():
-        print(f"| OOD detected: {set_name} | {s['flagged']:.2f} (n={s['n']}) |")
+        unflagged = ("" if s.get("unflagged_u_coverage_90") is None else
+                     f"; unflagged: U 90 % coverage {s['unflagged_u_coverage_90']:.2f}, "
+                     f"MAE {s['unflagged_u_mae_ev']:.2f} eV")
+        print(f"| OOD detected: {set_name} | {s['flagged']:.2f} (n={s['n']}{unflagged}) |")
     if independent is not None:
         ui = independent["parameters"]["hubbard_u_ev"]
         print(f"| independent draws | {independent['n']} images from {independent['n_solves']} solves |")
+        print(f"| U median MAE there | {ui['mae']:.3f} eV (point blend {(independent['point'] or {}).get('mae', float('nan')):.3f} eV) |")
+        ident_i = independent["identifiability"]["identifiable_u"]
+        if ident_i:
+            print(f"| U identifiable range there | {ident_i['low']:.2f}-{ident_i['high']:.2f} eV, "
+                  f"MAE there {ident_i['u_mae']:.3f} eV |")
         print(f"| U coverage 50/68/90/95 % there | {ui['coverage']['0.5']:.2f}/{ui['coverage']['0.68']:.2f}/"
               f"{ui['coverage']['0.9']:.2f}/{ui['coverage']['0.95']:.2f} |")
         print(f"| U SBC KS p there | {ui['sbc_ks_p']:.3g} over all images, "

@@ -157,6 +157,17 @@ def test_ood_reads_a_parameter_beyond_its_prior(trained):
     assert np.mean(scores > run.ood["threshold"]) >= 0.9
 
 
+def test_ood_detection_checks_u_on_the_images_it_does_not_flag(trained):
+    """Fresh draws of the training family passed as an 'other' store: flagged at about the false-alarm
+    rate, and the U posterior of the unflagged ones covers the truth as calibrated (binomial sd 0.02)."""
+    from moirestm.learn.ood import ood_detection
+
+    store, run, _ = trained
+    fresh = ood_detection(run, store, artefacts=(), others={"fresh": MemoryStore(200, 7)})["sets"]["fresh"]
+    assert fresh["n"] == 200 and fresh["flagged"] <= 0.15
+    assert 0.78 <= fresh["unflagged_u_coverage_90"] <= 0.99 and fresh["unflagged_u_mae_ev"] < 0.15
+
+
 def test_prediction_keys_and_round_trip(trained, tmp_path):
     store, run, out = trained
     image = store.image(run.split.test[1])

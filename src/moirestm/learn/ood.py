@@ -6,7 +6,9 @@ on the run's test draws and the detection rate on sets that lie outside the trai
 blank images (all zero), saturated images (every pixel at the image maximum, a pegged
 detector), the held-out images with each artefact preset never trained on (default ``noisy``
 and ``symb``, FT space), and every sample of any other store given (e.g. a distance beyond the prior, another
-twist index).
+twist index).  Where such a store records U, the U posterior of the images *not* flagged is
+checked too (90 % central-interval coverage and median error): a miss that still gets U right is
+harmless, one that does not is a confident wrong answer.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..errors import MoireSTMError
 from .augment import Augmenter
-from .data import ImageDataset, batch_inputs, open_store
+from .data import DEFAULT_TARGET, ImageDataset, batch_inputs, open_store
 from .posterior import PosteriorRun
 
 
@@ -26,6 +28,21 @@ def _rate(run: PosteriorRun, images) -> dict:
     scores = run.ood_scores(batch_inputs(run.normalizer, images))
     return {"n": len(images), "flagged": float(np.mean(scores > run.ood["threshold"])),
             "median_score": float(np.median(scores))}
+
+
+def _rate_with_u(run: PosteriorRun, images, u_true: np.ndarray, seed: int) -> dict:
+    """:func:`_rate` plus the U posterior's 90 % coverage and median error on the unflagged images."""
+    samples, scores = run.samples(images, seed=seed)
+    missed = scores <= run.ood["threshold"]
+    out = {"n": len(images), "flagged": float(np.mean(~missed)), "median_score": float(np.median(scores)),
+           "unflagged_u_coverage_90": None, "unflagged_u_mae_ev": None}
+    if missed.any():
+        u = samples[missed, :, run.names.index(DEFAULT_TARGET)]
+        lo, hi = np.quantile(u, [0.05, 0.95], axis=1)
+        truth = u_true[missed]
+        out["unflagged_u_coverage_90"] = float(np.mean((lo <= truth) & (truth <= hi)))
+        out["unflagged_u_mae_ev"] = float(np.mean(np.abs(np.median(u, axis=1) - truth)))
+    return out
 
 
 def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
@@ -58,7 +75,10 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
         okeys = ost.keys(status="ok")
         if not okeys:
             raise MoireSTMError(f"out-of-family store {name!r} has no usable samples")
-        sets[name] = _rate(run, run.held_out_images(ost, okeys))
+        images = run.held_out_images(ost, okeys)
+        u_true = [ost.params(k).get(DEFAULT_TARGET) for k in okeys]
+        sets[name] = (_rate_with_u(run, images, np.asarray(u_true, float), seed)
+                      if DEFAULT_TARGET in run.names and None not in u_true else _rate(run, images))
     result["detection_min"] = min(s["flagged"] for s in sets.values())
     return result
 
