@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--point-max-minutes", type=float, default=3.0)
     ap.add_argument("--embedding", default="cnn")
     ap.add_argument("--augment", default="clean", help="artefact preset of the training family")
+    ap.add_argument("--balance", type=float, default=0.0, help="balanced-NPE penalty weight")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-posterior"))
     ap.add_argument("--toy-draws", type=int, default=300)
     args = ap.parse_args()
@@ -67,7 +68,8 @@ def main() -> None:
         others = {"distance beyond the prior": args.out.parent / "toy-sbi-far.h5", **others}
     t0 = time.perf_counter()
     run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes, embedding=args.embedding,
-                augment=args.augment, point_max_minutes=args.point_max_minutes, progress=False)
+                augment=args.augment, balance=args.balance, point_max_minutes=args.point_max_minutes,
+                progress=False)
     wall = time.perf_counter() - t0
     metrics = evaluate_posterior(run, part="test")
     detection = ood_detection(run, others=others)
@@ -80,7 +82,8 @@ def main() -> None:
               "val_warnings": run.summary["warnings"], "test": metrics, "ood_detection": detection,
               "independent": independent,
               "latency": [latency(run, images, threads=t) for t in (2, 1)]}
-    name = Path(data).stem + ("" if args.augment == "clean" else f"-{args.augment}")
+    name = (Path(data).stem + ("" if args.augment == "clean" else f"-{args.augment}")
+            + ("" if not args.balance else f"-balance{args.balance:g}"))
     out = Path("benchmarks/results") / f"posterior-{name}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     u = metrics["parameters"]["hubbard_u_ev"]

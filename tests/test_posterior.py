@@ -203,6 +203,8 @@ def test_bad_inputs(trained, tmp_path):
         infer(store, tmp_path / "y", bogus=1)
     with pytest.raises(MoireSTMError, match="already holds"):
         infer(store, out, point=False, progress=False)
+    with pytest.raises(MoireSTMError, match="balance must lie in"):
+        infer(store, tmp_path / "b", point=False, progress=False, balance=-1.0)
     (tmp_path / "z").mkdir()
     torch.save({"format": "other"}, tmp_path / "z" / "posterior.pt")
     with pytest.raises(MoireSTMError, match="does not hold a moirestm posterior run"):
@@ -221,6 +223,27 @@ def test_other_family_store_is_refused_or_warned(trained):
     other.params = lambda key: {"draw_id": 0, "hubbard_u_ev": 0.0}
     with pytest.raises(MoireSTMError, match="not of the run's family"):
         check_family(run, other)
+
+
+def test_balance_penalty_is_the_squared_classifier_imbalance():
+    """sigmoid(log q - log p) = a on joint pairs and b on marginal pairs gives (a + b - 1)^2 (box prior 2^-d)."""
+    from moirestm.learn.posterior import _balance_penalty
+
+    d, a, b = 3, 0.7, 0.1
+    log_prior = -d * np.log(2.0)
+    logit = lambda v: float(np.log(v / (1 - v)))
+    joint = torch.full((5,), log_prior + logit(a), dtype=torch.float64)
+    marginal = torch.full((5,), log_prior + logit(b), dtype=torch.float64)
+    assert float(_balance_penalty(joint, marginal, d)) == pytest.approx((a + b - 1) ** 2, rel=1e-9)
+    assert float(_balance_penalty(joint, marginal + logit(1 - a) - logit(b), d)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_balanced_npe_trains_and_keeps_its_setting(tmp_path):
+    store = MemoryStore(120, 3)
+    run = infer(store, tmp_path / "bal", point=False, progress=False, balance=100.0, epochs=2, embedding="mlp",
+                embedding_dim=4, input_size=8, hidden_features=16, num_transforms=1, n_samples=50)
+    assert np.isfinite(run.history[-1]["train_nll"])
+    assert PosteriorRun.load(tmp_path / "bal").config["balance"] == 100.0
 
 
 def test_conformal_quantile_and_draw_split_without_draws():

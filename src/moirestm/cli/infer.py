@@ -25,6 +25,8 @@ def infer_cmd(
                                                       help="time budget of the point baseline (minutes)"),
     augment: str = typer.Option("clean", help="STM-artefact preset of the training family (clean, mild, symb, "
                                              "noisy): train on the artefacts the measurements carry"),
+    balance: float = typer.Option(0.0, help="balanced NPE: weight of the balancing penalty (0: plain NPE; "
+                                            "100 in Delaunoy et al.) for conservative intervals"),
     overwrite: bool = typer.Option(False, help="replace an existing posterior run in OUT"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -37,7 +39,8 @@ def infer_cmd(
 
         torch.set_num_threads(threads)
     run = infer(data, out, overwrite=overwrite, flow=flow, epochs=epochs, max_minutes=max_minutes, seed=seed,
-                point=point, point_max_minutes=point_max_minutes, augment=augment, progress=not json_out)
+                point=point, point_max_minutes=point_max_minutes, augment=augment, balance=balance,
+                progress=not json_out)
     summary = run.summary
     if json_out:
         emit_json({"run": str(out), "theta": run.names, **summary})

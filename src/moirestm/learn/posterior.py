@@ -92,6 +92,8 @@ class PosteriorConfig:
     point: bool = True
     point_max_minutes: float | None = None
     augment: str = "clean"
+    #: weight of the balancing penalty of balanced NPE (0: plain maximum likelihood; see :func:`_balance_penalty`)
+    balance: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -454,6 +456,8 @@ def _check_config(cfg: PosteriorConfig) -> None:
         raise MoireSTMError(f"infer: ood_false_alarm must lie in (0, 0.5), got {cfg.ood_false_alarm}")
     if cfg.lr <= 0:
         raise MoireSTMError(f"infer: lr must be > 0, got {cfg.lr}")
+    if not 0 <= cfg.balance < 1e4:
+        raise MoireSTMError(f"infer: balance must lie in [0, 1e4), got {cfg.balance}")
     family_augmenter(cfg.augment)  # an unknown preset is a one-line error before any work
 
 
@@ -546,7 +550,8 @@ def _theta_values(st, keys: Sequence[str], theta: Theta) -> np.ndarray:
 
 
 def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val, progress: bool):
-    """Maximum-likelihood training with early stopping on the validation draws' mean NLL; with
+    """Maximum-likelihood training (plus the balanced-NPE penalty when ``cfg.balance`` > 0) with early
+    stopping on the validation draws' mean NLL; with
     ``max_minutes`` the cosine learning-rate schedule is re-fitted each epoch to the time left.
     ``x_train``: the training inputs, or a function of the epoch that returns them (fresh artefacts)."""
     from .train import cosine_lr
@@ -568,11 +573,18 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = estimator.loss(z_train[idx], condition=inputs[idx]).mean()
+            if cfg.balance > 0:
+                z, x = z_train[idx], inputs[idx]
+                marginal = z[torch.roll(torch.arange(len(z)), 1)]  # (theta_j, x_i): pairs from the marginals
+                log_q = -estimator.loss(torch.cat([z, marginal]), condition=torch.cat([x, x]))
+                nll = -log_q[:len(z)].mean()
+                loss = nll + cfg.balance * _balance_penalty(log_q[:len(z)], log_q[len(z):], z.shape[1])
+            else:
+                nll = loss = estimator.loss(z_train[idx], condition=inputs[idx]).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(estimator.parameters(), 5.0)
             opt.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(nll.detach()))
         estimator.eval()
         with torch.no_grad():
             val = float(torch.cat([estimator.loss(z_val[i:i + 256], condition=x_val[i:i + 256])
@@ -604,6 +616,18 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
     estimator.load_state_dict(best_state)
     estimator.eval()
     return history, {**best, "stopped": stopped}, time.perf_counter() - t0
+
+
+def _balance_penalty(log_q_joint: torch.Tensor, log_q_marginal: torch.Tensor, n_theta: int) -> torch.Tensor:
+    """Balancing penalty of balanced NPE (Delaunoy et al., NeurIPS 2022, arXiv:2208.13624; Delaunoy et al. 2023,
+    arXiv:2304.10978): ``(E_joint[d] + E_marginal[d] - 1)^2`` with ``d = sigmoid(log q(theta|x) - log p(theta))``.
+
+    With the uniform box prior ``p = 2^-n_theta`` on ``[-1, 1]^n_theta``, ``d`` is the classifier between
+    joint pairs and pairs drawn from the marginals that ``q`` implies; a balanced classifier cannot be
+    over-confident on average, which pushes the intervals towards over- rather than under-coverage.
+    """
+    log_prior = -n_theta * math.log(2.0)
+    return (torch.sigmoid(log_q_joint - log_prior).mean() + torch.sigmoid(log_q_marginal - log_prior).mean() - 1) ** 2
 
 
 # --------------------------------------------------------------------------- out-of-family score
