@@ -264,6 +264,8 @@ _ENTRIES = [
     _p("point", "", True, _MODEL, kind="bool", help="also train the point baseline on the posterior's split"),
     _p("point_max_minutes", "min", None, "no budget", 0.0, 1.0e6, low_open=True, optional=True,
        help="time budget of that point baseline"),
+    _p("balance", "", 0.0, "plain NPE; 100 in Delaunoy et al., NeurIPS 2022 (arXiv:2208.13624)", 0.0, 1.0e4,
+       high_open=True, help="balanced-NPE penalty weight for conservative posteriors (0: plain NPE)"),
     # ---------------------------------------------------------------- explanation
     _p("max_samples", "", 24, _NUMERIC, 1, 1_000_000, kind="int", help="at most this many samples"),
     _p("n_steps", "", 32, "integrated gradients (Sundararajan et al., ICML 2017)", 1, 10_000, kind="int",

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console, emit_json, friendly, result_console
+from ._app import app, console, emit_json, friendly, option, result_console
 
 
 @app.command("infer")
@@ -25,8 +25,7 @@ def infer_cmd(
                                                       help="time budget of the point baseline (minutes)"),
     augment: str = typer.Option("clean", help="STM-artefact preset of the training family (clean, mild, symb, "
                                              "noisy): train on the artefacts the measurements carry"),
-    balance: float = typer.Option(0.0, help="balanced NPE: weight of the balancing penalty (0: plain NPE; "
-                                            "100 in Delaunoy et al.) for conservative intervals"),
+    balance: float = option("balance"),
     overwrite: bool = typer.Option(False, help="replace an existing posterior run in OUT"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),

@@ -39,6 +39,7 @@ import torch
 from .. import __version__
 from ..errors import MoireSTMError
 from ..io import output_dir, write_json
+from ..parameters import parameter
 from .data import DEFAULT_TARGET, Normalizer, Split, batch_inputs, make_split, open_store, store_path
 from .models import DEFAULT_INPUT_SIZE, build_model, count_parameters
 from .run import _atomic_save, _load_checkpoint, load_strict
@@ -93,7 +94,7 @@ class PosteriorConfig:
     point_max_minutes: float | None = None
     augment: str = "clean"
     #: weight of the balancing penalty of balanced NPE (0: plain maximum likelihood; see :func:`_balance_penalty`)
-    balance: float = 0.0
+    balance: float = field(default_factory=lambda: parameter("balance").default)
 
     def to_dict(self) -> dict:
         return asdict(self)
