@@ -203,7 +203,7 @@ def test_bad_inputs(trained, tmp_path):
         infer(store, tmp_path / "y", bogus=1)
     with pytest.raises(MoireSTMError, match="already holds"):
         infer(store, out, point=False, progress=False)
-    with pytest.raises(MoireSTMError, match="balance must lie in"):
+    with pytest.raises(MoireSTMError, match="balance must be non-negative"):
         infer(store, tmp_path / "b", point=False, progress=False, balance=-1.0)
     (tmp_path / "z").mkdir()
     torch.save({"format": "other"}, tmp_path / "z" / "posterior.pt")

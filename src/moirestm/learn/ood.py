@@ -24,18 +24,20 @@ from .data import DEFAULT_TARGET, ImageDataset, batch_inputs, open_store
 from .posterior import PosteriorRun
 
 
-def _rate(run: PosteriorRun, images) -> dict:
-    scores = run.ood_scores(batch_inputs(run.normalizer, images))
-    return {"n": len(images), "flagged": float(np.mean(scores > run.ood["threshold"])),
+def _flag_summary(run: PosteriorRun, scores: np.ndarray) -> dict:
+    return {"n": len(scores), "flagged": float(np.mean(scores > run.ood["threshold"])),
             "median_score": float(np.median(scores))}
+
+
+def _rate(run: PosteriorRun, images) -> dict:
+    return _flag_summary(run, run.ood_scores(batch_inputs(run.normalizer, images)))
 
 
 def _rate_with_u(run: PosteriorRun, images, u_true: np.ndarray, seed: int) -> dict:
     """:func:`_rate` plus the U posterior's 90 % coverage and median error on the unflagged images."""
     samples, scores = run.samples(images, seed=seed)
     missed = scores <= run.ood["threshold"]
-    out = {"n": len(images), "flagged": float(np.mean(~missed)), "median_score": float(np.median(scores)),
-           "unflagged_u_coverage_90": None, "unflagged_u_mae_ev": None}
+    out = {**_flag_summary(run, scores), "unflagged_u_coverage_90": None, "unflagged_u_mae_ev": None}
     if missed.any():
         u = samples[missed, :, run.names.index(DEFAULT_TARGET)]
         lo, hi = np.quantile(u, [0.05, 0.95], axis=1)

@@ -39,7 +39,7 @@ import torch
 from .. import __version__
 from ..errors import MoireSTMError
 from ..io import output_dir, write_json
-from ..parameters import parameter
+from ..parameters import parameter, validate
 from .data import DEFAULT_TARGET, Normalizer, Split, batch_inputs, make_split, open_store, store_path
 from .models import DEFAULT_INPUT_SIZE, build_model, count_parameters
 from .run import _atomic_save, _load_checkpoint, load_strict
@@ -457,8 +457,7 @@ def _check_config(cfg: PosteriorConfig) -> None:
         raise MoireSTMError(f"infer: ood_false_alarm must lie in (0, 0.5), got {cfg.ood_false_alarm}")
     if cfg.lr <= 0:
         raise MoireSTMError(f"infer: lr must be > 0, got {cfg.lr}")
-    if not 0 <= cfg.balance < 1e4:
-        raise MoireSTMError(f"infer: balance must lie in [0, 1e4), got {cfg.balance}")
+    validate("balance", cfg.balance, "infer")
     family_augmenter(cfg.augment)  # an unknown preset is a one-line error before any work
 
 
@@ -574,14 +573,14 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]
             opt.zero_grad(set_to_none=True)
+            z, x = z_train[idx], inputs[idx]
             if cfg.balance > 0:
-                z, x = z_train[idx], inputs[idx]
                 marginal = z[torch.roll(torch.arange(len(z)), 1)]  # (theta_j, x_i): pairs from the marginals
                 log_q = -estimator.loss(torch.cat([z, marginal]), condition=torch.cat([x, x]))
                 nll = -log_q[:len(z)].mean()
                 loss = nll + cfg.balance * _balance_penalty(log_q[:len(z)], log_q[len(z):], z.shape[1])
             else:
-                nll = loss = estimator.loss(z_train[idx], condition=inputs[idx]).mean()
+                nll = loss = estimator.loss(z, condition=x).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(estimator.parameters(), 5.0)
             opt.step()
@@ -679,9 +678,14 @@ def _consistency(ood: dict, coords: np.ndarray, residual: np.ndarray, z_median: 
     return np.sqrt(maha**2 / coords.shape[1] + residual / ood["residual_ms"])
 
 
+def _reader_features(ood: dict, coords: np.ndarray) -> np.ndarray:
+    """``[1, standardised principal components]`` ``(n, 1 + k)``, the box reader's inputs."""
+    return np.concatenate([np.ones((len(coords), 1)), coords / ood["coord_sd"]], axis=1)
+
+
 def _box_reading(ood: dict, coords: np.ndarray) -> np.ndarray:
     """Unbounded linear reading ``(n, d)`` of the box coordinates from the standardised principal components."""
-    return np.concatenate([np.ones((len(coords), 1)), coords / ood["coord_sd"]], axis=1) @ ood["reader"]
+    return _reader_features(ood, coords) @ ood["reader"]
 
 
 def _box_excess(ood: dict, coords: np.ndarray) -> np.ndarray:
@@ -738,8 +742,7 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
                 "coord_sd": np.maximum(coords.std(axis=0), 1e-12), "threshold": float("inf"),
                 "false_alarm": float(false_alarm)})
     z_train = np.asarray(z_train, dtype=np.float64)
-    reader_features = np.concatenate([np.ones((len(coords), 1)), coords / ood["coord_sd"]], axis=1)
-    ood["reader"] = _ridge(reader_features, z_train, OOD_READER_RIDGE)
+    ood["reader"] = _ridge(_reader_features(ood, coords), z_train, OOD_READER_RIDGE)
     ood["reader_sd"] = np.maximum((_box_reading(ood, coords) - z_train).std(axis=0), 1e-6)
     ood["consistency_scale"] = float(np.median(_consistency(ood, coords, residual, z_median))) or 1.0
     val = run.ood_scores(x_val, np.median(run.sample_z(x_val, n_samples, seed), axis=1), ood)
