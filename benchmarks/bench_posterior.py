@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--embedding", default="cnn")
     ap.add_argument("--augment", default="clean", help="artefact preset of the training family")
     ap.add_argument("--balance", type=float, default=0.0, help="balanced-NPE penalty weight")
+    ap.add_argument("--ensemble", type=int, default=None, help="flows in the ensemble (default: the registry's)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-posterior"))
     ap.add_argument("--toy-draws", type=int, default=300)
     args = ap.parse_args()
@@ -69,6 +70,7 @@ def main() -> None:
     t0 = time.perf_counter()
     run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes, embedding=args.embedding,
                 augment=args.augment, balance=args.balance, point_max_minutes=args.point_max_minutes,
+                **({} if args.ensemble is None else {"ensemble": args.ensemble}),
                 progress=False)
     wall = time.perf_counter() - t0
     metrics = evaluate_posterior(run, part="test")
@@ -83,7 +85,8 @@ def main() -> None:
               "independent": independent,
               "latency": [latency(run, images, threads=t) for t in (2, 1)]}
     name = (Path(data).stem + ("" if args.augment == "clean" else f"-{args.augment}")
-            + ("" if not args.balance else f"-balance{args.balance:g}"))
+            + ("" if not args.balance else f"-balance{args.balance:g}")
+            + ("" if args.ensemble is None else f"-ensemble{args.ensemble}"))
     out = Path("benchmarks/results") / f"posterior-{name}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     u = metrics["parameters"]["hubbard_u_ev"]

@@ -59,8 +59,8 @@ def one_thread():
 def trained(one_thread, tmp_path_factory):
     store = MemoryStore(N_DRAWS, 0)
     out = tmp_path_factory.mktemp("post") / "run"
-    run = infer(store, out, point=False, progress=False, epochs=40, patience=6, embedding="mlp", embedding_dim=8, input_size=8,
-                hidden_features=32, num_transforms=2, n_samples=200, lr=2e-3, batch_size=64)
+    run = infer(store, out, point=False, progress=False, epochs=40, patience=6, embedding="mlp", embedding_dim=8,
+                input_size=8, hidden_features=32, num_transforms=2, n_samples=200, lr=2e-3, batch_size=64, ensemble=2)
     return store, run, out
 
 
@@ -205,6 +205,8 @@ def test_bad_inputs(trained, tmp_path):
         infer(store, out, point=False, progress=False)
     with pytest.raises(MoireSTMError, match="balance must be non-negative"):
         infer(store, tmp_path / "b", point=False, progress=False, balance=-1.0)
+    with pytest.raises(MoireSTMError, match="ensemble must be"):
+        infer(store, tmp_path / "e", point=False, progress=False, ensemble=0)
     (tmp_path / "z").mkdir()
     torch.save({"format": "other"}, tmp_path / "z" / "posterior.pt")
     with pytest.raises(MoireSTMError, match="does not hold a moirestm posterior run"):
@@ -375,3 +377,45 @@ def test_infer_with_an_artefact_preset(tmp_path):
     assert calibration_metrics(reloaded, store, keys, n_samples=50, with_sbc=False)["n"] == len(keys)
     sets = ood_detection(reloaded, store)["sets"]
     assert "artefact:symb" in sets and "artefact:noisy" not in sets
+
+
+def _first_member(run):
+    """A copy of ``run`` holding only its first ensemble member (embedding statistics cut to that member's)."""
+    dim = run.estimator_config["embedding_dim"]
+    covariance = np.linalg.inv(run.ood["emb_precision"])[:dim, :dim]
+    ood = {**run.ood, "emb_mean": run.ood["emb_mean"][:dim], "emb_precision": np.linalg.inv(covariance)}
+    return PosteriorRun(None, run.estimators[:1], run.estimator_config, run.normalizer, run.theta, run.split,
+                        run.config, ood, run.store, run.version, run.history, run.summary, run.family)
+
+
+def test_ensemble_posterior_is_the_equal_mixture_of_its_members(trained):
+    """The two members differ (different initialisations); the ensemble's samples have the mean of the
+    members' means and the variance of the mixture: mean member variance + spread of the member means."""
+    store, run, _ = trained
+    assert run.n_members == 2 and len(run.summary["best"]["members"]) == 2
+    from moirestm.learn.data import batch_inputs
+    from moirestm.learn.posterior import _flow, _sample_in_box
+
+    x = batch_inputs(run.normalizer, [store.image(k) for k in run.split.test[:20]])
+    both = run.sample_z(x, 2000, seed=5)[..., 0]
+    one = [_sample_in_box(_flow(e), _flow(e)._embedding_net(x), 2000)[..., 0] for e in run.estimators]
+    assert np.max(np.abs(one[0].mean(axis=1) - one[1].mean(axis=1))) > 1e-3  # the members are not copies
+    means, variances = np.array([o.mean(axis=1) for o in one]), np.array([o.var(axis=1) for o in one])
+    np.testing.assert_allclose(both.mean(axis=1), means.mean(axis=0), atol=0.02)  # MC sd ~0.1 / sqrt(1000)
+    mixture_var = variances.mean(axis=0) + means.var(axis=0)
+    assert abs(np.median(both.var(axis=1) / mixture_var) - 1) < 0.1  # per image: MC sd of a variance ~0.05
+
+
+def test_a_version_3_run_loads_as_an_ensemble_of_one(trained, tmp_path):
+    """Runs written before ensembles (format 3: one ``state_dict``) still load and predict."""
+    store, run, out = trained
+    state = torch.load(out / "posterior.pt", weights_only=False)
+    state["format_version"], state["state_dict"] = 3, state.pop("state_dicts")[0]
+    (tmp_path / "v3").mkdir()
+    first = _first_member(run)
+    state["ood"] = first.state()["ood"]
+    torch.save(state, tmp_path / "v3" / "posterior.pt")
+    old = PosteriorRun.load(tmp_path / "v3")
+    image = store.image(run.split.test[0])
+    assert old.n_members == 1
+    assert predict_posterior(old, image, seed=2) == predict_posterior(first, image, seed=2)

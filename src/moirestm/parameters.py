@@ -266,6 +266,9 @@ _ENTRIES = [
        help="time budget of that point baseline"),
     _p("balance", "", 0.0, "plain NPE; 100 in Delaunoy et al., NeurIPS 2022 (arXiv:2208.13624)", 0.0, 1.0e4,
        high_open=True, help="balanced-NPE penalty weight for conservative posteriors (0: plain NPE)"),
+    _p("ensemble", "", 5, "deep ensembles of 5 (Lakshminarayanan et al., NeurIPS 2017); NPE ensembles are less "
+       "over-confident (Hermans et al., TMLR 2022, arXiv:2110.06581)", 1, 64, kind="int",
+       help="flows in the posterior ensemble (their equal-weight mixture is the posterior)"),
     # ---------------------------------------------------------------- explanation
     _p("max_samples", "", 24, _NUMERIC, 1, 1_000_000, kind="int", help="at most this many samples"),
     _p("n_steps", "", 32, "integrated gradients (Sundararajan et al., ICML 2017)", 1, 10_000, kind="int",

@@ -26,6 +26,7 @@ def infer_cmd(
     augment: str = typer.Option("clean", help="STM-artefact preset of the training family (clean, mild, symb, "
                                              "noisy): train on the artefacts the measurements carry"),
     balance: float = option("balance"),
+    ensemble: int = option("ensemble"),
     overwrite: bool = typer.Option(False, help="replace an existing posterior run in OUT"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -39,14 +40,15 @@ def infer_cmd(
         torch.set_num_threads(threads)
     run = infer(data, out, overwrite=overwrite, flow=flow, epochs=epochs, max_minutes=max_minutes, seed=seed,
                 point=point, point_max_minutes=point_max_minutes, augment=augment, balance=balance,
-                progress=not json_out)
+                ensemble=ensemble, progress=not json_out)
     summary = run.summary
     if json_out:
         emit_json({"run": str(out), "theta": run.names, **summary})
         return
     best = summary["best"]
-    console.print(f"best epoch {best['epoch']} (stopped: {best['stopped']}), val NLL {best['val_nll']:.3f}, "
-                  f"fit {best['fit_s']:.0f} s", highlight=False)
+    console.print(f"{len(best['members'])} flow(s): best epochs {', '.join(map(str, best['epoch']))} (stopped: "
+                  f"{', '.join(best['stopped'])}), mean val NLL {best['val_nll']:.3f}, fit {best['fit_s']:.0f} s",
+                  highlight=False)
     for name, m in summary["val"]["parameters"].items():
         result_console.print(f"val {name}: median MAE {m['mae']:.4g}  90 % coverage {m['coverage']['0.9']:.2f}  "
                              f"SBC KS p {m.get('sbc_ks_p', float('nan')):.3g}", highlight=False)

@@ -1,7 +1,8 @@
 """Attribution of the reported quantity of a posterior run: the posterior mean of U.
 
 The posterior mean is made differentiable in the input by fixing the flow's base noise
-(``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))`` with the samples
+(``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))`` (averaged over the members of
+an ensemble run: the mean of an equal-weight mixture is the mean of its members' means) with the samples
 clamped into the prior box (box rejection is not differentiable; clamping moves the estimate by
 the leaked mass only).  Integrated gradients, guided backprop and Grad-CAM (captum, through
 :func:`moirestm.explain.attribution.attribution_maps`) then explain the number the run reports,
@@ -29,10 +30,11 @@ class PosteriorMean(nn.Module):
         super().__init__()
         if name not in run.names:
             raise MoireSTMError(f"the posterior run does not infer {name!r} (it infers {', '.join(run.names)})")
-        flow = run.estimator.net
-        if not all(hasattr(flow, a) for a in ("_embedding_net", "_transform")):
-            raise MoireSTMError("posterior attribution needs an nflows-based flow (nsf or maf)")
-        self.embedding, self.transform = flow._embedding_net, flow._transform
+        from ..learn.posterior import _flow
+
+        flows = [_flow(estimator) for estimator in run.estimators]
+        self.embeddings = nn.ModuleList(flow._embedding_net for flow in flows)
+        self.transforms = nn.ModuleList(flow._transform for flow in flows)
         self.j = run.names.index(name)
         self.scale, self.shift = float(run.theta.half_width[self.j]), float(run.theta.centre[self.j])
         self.log = bool(run.theta.log[self.j])
@@ -40,13 +42,14 @@ class PosteriorMean(nn.Module):
         self.register_buffer("noise", torch.randn(n_samples, len(run.names), generator=gen))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.embedding(x)
         n = len(self.noise)
-        ctx = e.repeat_interleave(n, dim=0)
-        z, _ = self.transform.inverse(self.noise.repeat(len(x), 1), context=ctx)
-        z = z[:, self.j].clamp(-1, 1).reshape(len(x), n)
-        value = z * self.scale + self.shift
-        return (value.exp() if self.log else value).mean(dim=1)[:, None]
+        means = []
+        for embedding, transform in zip(self.embeddings, self.transforms):
+            ctx = embedding(x).repeat_interleave(n, dim=0)
+            z, _ = transform.inverse(self.noise.repeat(len(x), 1), context=ctx)
+            value = z[:, self.j].clamp(-1, 1).reshape(len(x), n) * self.scale + self.shift
+            means.append((value.exp() if self.log else value).mean(dim=1))
+        return torch.stack(means).mean(dim=0)[:, None]
 
 
 def attribute_posterior(run: Any, store: Any = None, samples: str | Sequence[str] | None = "test",

@@ -29,7 +29,7 @@ import math
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,8 +49,11 @@ warnings.filterwarnings("ignore", message=r".*triangular_solve is deprecated.*",
 
 POSTERIOR_FORMAT = "moirestm-posterior-run"
 #: 2: the out-of-family score's second half is the posterior consistency check (was an unconditional PCA distance);
-#: 3: a third part, the prior-box reading (:func:`_box_excess`)
-POSTERIOR_VERSION = 3
+#: 3: a third part, the prior-box reading (:func:`_box_excess`);
+#: 4: an ensemble of flows (``state_dicts``, one per member; a version-3 file is read as an ensemble of one)
+POSTERIOR_VERSION = 4
+#: format versions :meth:`PosteriorRun.load` reads
+READABLE_VERSIONS = (3, 4)
 POSTERIOR_FILE = "posterior.pt"
 POINT_DIR = "point"
 #: central-interval levels of the coverage checks
@@ -95,6 +98,8 @@ class PosteriorConfig:
     augment: str = "clean"
     #: weight of the balancing penalty of balanced NPE (0: plain maximum likelihood; see :func:`_balance_penalty`)
     balance: float = field(default_factory=lambda: parameter("balance").default)
+    #: flows trained from different initialisations; the posterior is their equal-weight mixture
+    ensemble: int = field(default_factory=lambda: parameter("ensemble").default)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,6 +234,11 @@ def draw_split(store, seed: int = 0, val_fraction: float = 0.15, test_fraction: 
 
 
 # --------------------------------------------------------------------------- the estimator
+def member_config(config: dict, member: int) -> dict:
+    """The build config of ensemble member ``member``: the run's, with the initialisation seed ``seed + member``."""
+    return {**config, "seed": int(config.get("seed", 0)) + member}
+
+
 def build_estimator(config: dict):
     """The sbi flow with its CNN embedding, rebuilt from ``config`` (shapes + hyper-parameters)."""
     from sbi.neural_nets import posterior_nn
@@ -250,14 +260,22 @@ def build_estimator(config: dict):
 
 # --------------------------------------------------------------------------- the run
 class PosteriorRun:
-    """A trained posterior estimator with its prior box, normalisation, split and OOD statistics."""
+    """A trained posterior (an ensemble of one or more flows) with its prior box, normalisation, split and
+    OOD statistics.
+
+    With several members the posterior is their equal-weight mixture (a deep ensemble of neural
+    posterior estimators; Hermans et al., TMLR 2022, arXiv:2110.06581, found such ensembles less
+    over-confident than a single flow): each member gives an equal share of every image's samples,
+    each restricted to the prior box.
+    """
 
     kind = "posterior"
 
-    def __init__(self, path: Path | None, estimator, estimator_config: dict, normalizer: Normalizer, theta: Theta,
-                 split: Split, config: dict, ood: dict, store: str | None, version: str, history: list,
-                 summary: dict, family: dict):
-        self.path, self.estimator, self.estimator_config = path, estimator.eval(), estimator_config
+    def __init__(self, path: Path | None, estimators: Sequence, estimator_config: dict, normalizer: Normalizer,
+                 theta: Theta, split: Split, config: dict, ood: dict, store: str | None, version: str,
+                 history: list, summary: dict, family: dict):
+        self.estimators = [e.eval() for e in estimators]
+        self.path, self.estimator_config = path, estimator_config
         self.normalizer, self.theta, self.split, self.config = normalizer, theta, split, config
         self.ood, self.store, self.version, self.history = ood, store, version, history
         self.summary, self.family = summary, family
@@ -269,9 +287,14 @@ class PosteriorRun:
     def names(self) -> list[str]:
         return list(self.theta.names)
 
+    @property
+    def n_members(self) -> int:
+        return len(self.estimators)
+
     def state(self) -> dict:
         return {"format": POSTERIOR_FORMAT, "format_version": POSTERIOR_VERSION, "moirestm_version": self.version,
-                "estimator_config": self.estimator_config, "state_dict": self.estimator.state_dict(),
+                "estimator_config": self.estimator_config,
+                "state_dicts": [e.state_dict() for e in self.estimators],
                 "normalizer": self.normalizer.state(), "theta": self.theta.to_dict(), "split": self.split.to_dict(),
                 "config": self.config, "ood": {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray)
                                                    else v) for k, v in self.ood.items()},
@@ -306,20 +329,27 @@ class PosteriorRun:
         state = _load_checkpoint(file)
         if not isinstance(state, dict) or state.get("format") != POSTERIOR_FORMAT:
             raise MoireSTMError(f"{file} does not hold a moirestm posterior run")
-        if state.get("format_version") != POSTERIOR_VERSION:
+        if state.get("format_version") not in READABLE_VERSIONS:
             raise MoireSTMError(f"posterior run format version {state.get('format_version')} is not supported "
-                                f"(this moirestm reads version {POSTERIOR_VERSION}); retrain it with moirestm infer")
-        missing = [k for k in ("estimator_config", "state_dict", "normalizer", "theta", "split", "ood")
+                                f"(this moirestm reads versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                                "retrain it with moirestm infer")
+        if "state_dict" in state:  # version 3: one flow
+            state["state_dicts"] = [state.pop("state_dict")]
+        missing = [k for k in ("estimator_config", "state_dicts", "normalizer", "theta", "split", "ood")
                    if k not in state]
         if missing:
             raise MoireSTMError(f"posterior run {file} lacks {', '.join(missing)}")
         if state["estimator_config"].get("n_theta") != len(state["theta"]["names"]):
             raise MoireSTMError(f"{file}: the estimator infers {state['estimator_config'].get('n_theta')} "
                                 f"parameters but the run records {len(state['theta']['names'])}")
-        estimator = build_estimator(state["estimator_config"])
-        load_strict(estimator, state["state_dict"], where=str(file))
+        if not isinstance(state["state_dicts"], list) or not state["state_dicts"]:
+            raise MoireSTMError(f"posterior run {file} holds no flow weights")
+        estimators = []
+        for member, weights in enumerate(state["state_dicts"]):
+            estimators.append(build_estimator(member_config(state["estimator_config"], member)))
+            load_strict(estimators[-1], weights, where=f"{file} (ensemble member {member})")
         ood = {k: (v.numpy() if torch.is_tensor(v) else v) for k, v in state["ood"].items()}
-        return cls(file.parent, estimator, state["estimator_config"], Normalizer.from_state(state["normalizer"]),
+        return cls(file.parent, estimators, state["estimator_config"], Normalizer.from_state(state["normalizer"]),
                    Theta.from_dict(state["theta"]), Split.from_dict(state["split"]), state.get("config", {}), ood,
                    state.get("store"), state.get("moirestm_version", "?"), state.get("history", []),
                    state.get("summary", {}), state.get("family", {}))
@@ -329,11 +359,11 @@ class PosteriorRun:
         return family_images(store, keys, self.normalizer, self.config.get("augment"), self.config.get("seed", 0))
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
+    @torch.inference_mode()
     def embed(self, x: torch.Tensor) -> np.ndarray:
-        """Embeddings ``(n, embedding_dim)`` of normalised inputs."""
-        self.estimator.eval()
-        return torch.cat([self.estimator.embedding_net(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
+        """Embeddings ``(n, n_members * embedding_dim)`` of normalised inputs (the members' side by side)."""
+        return np.concatenate([torch.cat([_flow(e)._embedding_net(x[i:i + 256]) for i in range(0, len(x), 256)])
+                               .numpy() for e in self.estimators], axis=1)
 
     def ood_scores(self, x: torch.Tensor, z_median: np.ndarray | None = None, ood: dict | None = None
                    ) -> np.ndarray:
@@ -346,42 +376,75 @@ class PosteriorRun:
             z_median = np.median(self.sample_z(x, self.config.get("n_samples", N_SAMPLES)), axis=1)
         return ood_score(ood or self.ood, self.embed(x), x.reshape(len(x), -1).numpy(), z_median)
 
-    @torch.no_grad()
-    def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32) -> np.ndarray:
-        """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box.
+    @torch.inference_mode()
+    def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32,
+                 embeddings: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box
+        (with ``embeddings``, also the :meth:`embed` of ``x``, computed on the way).
 
-        Images are sampled ``chunk`` at a time (one embedding pass, one flow pass); an image whose
-        flow keeps more than 1/5 of its mass outside the box after five rounds gets the rest clamped.
+        Each ensemble member gives an equal share of every image's samples (the first members one
+        more where ``n_samples`` does not divide).  Images are sampled ``chunk`` at a time (one
+        embedding pass, one flow pass per member); an image whose flow keeps more than 1/5 of its
+        mass outside the box after five rounds gets the rest clamped.
         """
         out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
-        self.estimator.eval()
+        embedded = np.empty((len(x), self.n_members, self.estimator_config["embedding_dim"]), dtype=np.float32)
+        shares = np.diff(np.linspace(0, n_samples, self.n_members + 1).round().astype(int))
+        starts = np.concatenate([[0], np.cumsum(shares)])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for first in range(0, len(x), chunk):
-                cond = x[first:first + chunk]
-                kept = [[] for _ in range(len(cond))]
-                need = np.full(len(cond), n_samples)
-                for round_ in range(6):
-                    todo = np.flatnonzero(need > 0)
-                    if not len(todo):
-                        break
-                    n = int(need[todo].max() * 1.3) + 8
-                    s = self.estimator.sample(torch.Size([n]), condition=cond[todo])  # (n, len(todo), d)
-                    for col, i in enumerate(todo):
-                        si = s[:, col]
-                        si = si.clamp(-1, 1) if round_ == 5 else si[(si.abs() <= 1).all(dim=1)]
-                        kept[i].append(si[:need[i]])
-                        need[i] -= len(kept[i][-1])
-                for i, parts in enumerate(kept):
-                    out[first + i] = torch.cat(parts)[:n_samples].numpy()
-        return out
+                rows = slice(first, first + chunk)
+                for m, estimator in enumerate(self.estimators):
+                    flow = _flow(estimator)
+                    context = flow._embedding_net(x[rows])
+                    embedded[rows, m] = context.numpy()
+                    if shares[m]:
+                        out[rows, starts[m]:starts[m + 1]] = _sample_in_box(flow, context, int(shares[m]))
+        return (out, embedded.reshape(len(x), -1)) if embeddings else out
 
     def samples(self, images: Sequence[np.ndarray], n_samples: int | None = None, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Physical posterior samples ``(n, n_samples, d)`` and OOD scores ``(n,)`` of raw images."""
         x = batch_inputs(self.normalizer, images)
-        z = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed)
-        return self.theta.decode(z), self.ood_scores(x, np.median(z, axis=1))
+        z, embedded = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed, embeddings=True)
+        scores = ood_score(self.ood, embedded, x.reshape(len(x), -1).numpy(), np.median(z, axis=1))
+        return self.theta.decode(z), scores
+
+
+def _flow(estimator):
+    """The nflows flow inside an sbi estimator (``nsf``/``maf``: a standard-normal base, an embedding net, a transform)."""
+    from nflows.distributions import StandardNormal
+
+    flow = getattr(estimator, "net", None)
+    if not all(hasattr(flow, a) for a in ("_embedding_net", "_transform", "_distribution")) or not isinstance(
+            flow._distribution, StandardNormal):
+        raise MoireSTMError("this posterior run's estimator is not an nflows flow with a standard-normal base")
+    return flow.eval()
+
+
+@torch.inference_mode()
+def _sample_in_box(flow, context: torch.Tensor, n_samples: int) -> np.ndarray:
+    """``(len(context), n_samples, d)`` samples of one flow at embedded ``context``, rejected outside ``[-1, 1]^d``
+    (clamped after five rounds).  The first round draws twice what is needed: a flow pass costs little more
+    for more samples, and a second round costs a whole pass."""
+    kept = [[] for _ in range(len(context))]
+    need = np.full(len(context), n_samples)
+    d = flow._distribution._shape[0]
+    for round_ in range(6):
+        todo = np.flatnonzero(need > 0)
+        if not len(todo):
+            break
+        n = int(need[todo].max() * (2.0 if round_ == 0 else 1.3)) + 8
+        noise = torch.randn(len(todo) * n, d)
+        s, _ = flow._transform.inverse(noise, context=context[todo].repeat_interleave(n, dim=0))
+        s = s.reshape(len(todo), n, d).transpose(0, 1)  # (n, len(todo), d)
+        for col, i in enumerate(todo):
+            si = s[:, col]
+            si = si.clamp(-1, 1) if round_ == 5 else si[(si.abs() <= 1).all(dim=1)]
+            kept[i].append(si[:need[i]])
+            need[i] -= len(kept[i][-1])
+    return np.stack([torch.cat(parts)[:n_samples].numpy() for parts in kept])
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
@@ -458,6 +521,7 @@ def _check_config(cfg: PosteriorConfig) -> None:
     if cfg.lr <= 0:
         raise MoireSTMError(f"infer: lr must be > 0, got {cfg.lr}")
     validate("balance", cfg.balance, "infer")
+    validate("ensemble", cfg.ensemble, "infer")
     family_augmenter(cfg.augment)  # an unknown preset is a one-line error before any work
 
 
@@ -518,13 +582,22 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
                   "hidden_features": cfg.hidden_features, "num_transforms": cfg.num_transforms,
                   "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
                   "seed": cfg.seed}
-    estimator = build_estimator(est_config)
-    history, best, t_fit = _train_flow(estimator, cfg, x_train if augmenter is None else train_inputs, z_train,
-                                       x_val, z_val, progress)
-    run = PosteriorRun(out, estimator, est_config, normalizer, theta, split, cfg.to_dict(), {},
+    estimators, history, bests = [], [], []
+    member_minutes = None if cfg.max_minutes is None else cfg.max_minutes / cfg.ensemble
+    for member in range(cfg.ensemble):
+        estimators.append(build_estimator(member_config(est_config, member)))
+        member_cfg = replace(cfg, seed=cfg.seed + member, max_minutes=member_minutes)
+        label = f"member {member + 1}/{cfg.ensemble} " if cfg.ensemble > 1 else ""
+        h, best, t_fit = _train_flow(estimators[-1], member_cfg, x_train if augmenter is None else train_inputs,
+                                     z_train, x_val, z_val, progress, label)
+        history += [{"member": member, **row} for row in h]
+        bests.append({**best, "fit_s": t_fit})
+    best = {"epoch": [b["epoch"] for b in bests], "stopped": sorted({b["stopped"] for b in bests}),
+            "val_nll": float(np.mean([b["val_nll"] for b in bests])), "fit_s": sum(b["fit_s"] for b in bests),
+            "members": bests, "n_parameters": sum(count_parameters(e) for e in estimators)}
+    run = PosteriorRun(out, estimators, est_config, normalizer, theta, split, cfg.to_dict(), {},
                        str(Path(store_path(st)).resolve()) if store_path(st) else None, __version__, history,
-                       {"best": {**best, "fit_s": t_fit, "n_parameters": count_parameters(estimator)}},
-                       _family(st, priors))
+                       {"best": best}, _family(st, priors))
     run.summary["prior_sd"] = {n: float(s) for n, s in zip(theta.names, y_train.std(axis=0))}
     run.ood = fit_ood(run, x_train, z_train.numpy(), x_val, cfg.ood_false_alarm, cfg.n_samples, cfg.seed)
     from .calibration import calibration_metrics
@@ -549,7 +622,7 @@ def _theta_values(st, keys: Sequence[str], theta: Theta) -> np.ndarray:
     return out
 
 
-def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val, progress: bool):
+def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val, progress: bool, label: str = ""):
     """Maximum-likelihood training (plus the balanced-NPE penalty when ``cfg.balance`` > 0) with early
     stopping on the validation draws' mean NLL; with
     ``max_minutes`` the cosine learning-rate schedule is re-fitted each epoch to the time left.
@@ -593,7 +666,7 @@ def _train_flow(estimator, cfg: PosteriorConfig, x_train, z_train, x_val, z_val,
         history.append({"epoch": epoch, "train_nll": float(np.mean(losses)), "val_nll": val, "time_s": elapsed,
                         "lr": opt.param_groups[0]["lr"]})
         if progress:
-            print(f"epoch {epoch}: train NLL {history[-1]['train_nll']:.3f}  val NLL {val:.3f}  ({elapsed:.0f} s)",
+            print(f"{label}epoch {epoch}: train NLL {history[-1]['train_nll']:.3f}  val NLL {val:.3f}  ({elapsed:.0f} s)",
                   flush=True)
         if val < best["val_nll"]:
             best, bad = {"epoch": epoch, "val_nll": val, "time_s": elapsed}, 0
