@@ -799,9 +799,9 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
-    emb = run.embed(x_train)
+    z, emb = run.sample_z(x_train, n_samples, seed, embeddings=True)
+    z_median = np.median(z, axis=1)
     pixels = x_train.reshape(len(x_train), -1).numpy().astype(np.float64)
-    z_median = np.median(run.sample_z(x_train, n_samples, seed), axis=1)
     pca = PCA(n_components=min(OOD_PCA_COMPONENTS, len(pixels) - 1, pixels.shape[1]), random_state=0).fit(pixels)
     ood = {"pix_mean": pca.mean_, "pix_components": pca.components_}
     coords, residual = _pca_coords(ood, pixels)
