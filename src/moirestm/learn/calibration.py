@@ -126,9 +126,8 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
     images = run.held_out_images(st, keys)
     truth = _theta_values(st, keys, run.theta)
     x = batch_inputs(run.normalizer, images)
-    z = run.sample_z(x, n_samples, seed)
+    z, scores = run.sample_and_score(x, n_samples, seed)
     samples = run.theta.decode(z)
-    scores = run.ood_scores(x, np.median(z, axis=1))
     cover = interval_coverage(samples, truth)
     median = np.median(samples, axis=1)
     checks = sbc(z, run.theta.encode(truth)) if with_sbc else None

@@ -359,28 +359,24 @@ class PosteriorRun:
         return family_images(store, keys, self.normalizer, self.config.get("augment"), self.config.get("seed", 0))
 
     # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
-    def embed(self, x: torch.Tensor) -> np.ndarray:
-        """Embeddings ``(n, n_members * embedding_dim)`` of normalised inputs (the members' side by side)."""
-        return np.concatenate([torch.cat([_flow(e)._embedding_net(x[i:i + 256]) for i in range(0, len(x), 256)])
-                               .numpy() for e in self.estimators], axis=1)
+    def sample_and_score(self, x: torch.Tensor, n_samples: int | None = None, seed: int = 0,
+                         ood: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior samples in box coordinates ``(n, n_samples, d)`` and out-of-family scores ``(n,)`` of
+        normalised inputs, from one embedding pass per member (see :func:`fit_ood`; ``ood``: statistics to
+        use instead of the run's own)."""
+        z, embedded = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed, embeddings=True)
+        return z, ood_score(ood or self.ood, embedded, x.reshape(len(x), -1).numpy(), np.median(z, axis=1))
 
-    def ood_scores(self, x: torch.Tensor, z_median: np.ndarray | None = None, ood: dict | None = None
-                   ) -> np.ndarray:
-        """Out-of-family scores of normalised inputs (see :func:`fit_ood`).
-
-        ``z_median``: the inputs' posterior medians in box coordinates (sampled when not given);
-        ``ood``: statistics to use instead of the run's own.
-        """
-        if z_median is None:
-            z_median = np.median(self.sample_z(x, self.config.get("n_samples", N_SAMPLES)), axis=1)
-        return ood_score(ood or self.ood, self.embed(x), x.reshape(len(x), -1).numpy(), z_median)
+    def ood_scores(self, x: torch.Tensor) -> np.ndarray:
+        """Out-of-family scores ``(n,)`` of normalised inputs."""
+        return self.sample_and_score(x)[1]
 
     @torch.inference_mode()
     def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32,
                  embeddings: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box
-        (with ``embeddings``, also the :meth:`embed` of ``x``, computed on the way).
+        (with ``embeddings``, also every member's embedding of ``x`` side by side, ``(n_images, n_members *
+        embedding_dim)``, computed on the way).
 
         Each ensemble member gives an equal share of every image's samples (the first members one
         more where ``n_samples`` does not divide).  Images are sampled ``chunk`` at a time (one
@@ -406,9 +402,7 @@ class PosteriorRun:
     def samples(self, images: Sequence[np.ndarray], n_samples: int | None = None, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray]:
         """Physical posterior samples ``(n, n_samples, d)`` and OOD scores ``(n,)`` of raw images."""
-        x = batch_inputs(self.normalizer, images)
-        z, embedded = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed, embeddings=True)
-        scores = ood_score(self.ood, embedded, x.reshape(len(x), -1).numpy(), np.median(z, axis=1))
+        z, scores = self.sample_and_score(batch_inputs(self.normalizer, images), n_samples, seed)
         return self.theta.decode(z), scores
 
 
@@ -818,7 +812,7 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
     ood["reader"] = _ridge(_reader_features(ood, coords), z_train, OOD_READER_RIDGE)
     ood["reader_sd"] = np.maximum((_box_reading(ood, coords) - z_train).std(axis=0), 1e-6)
     ood["consistency_scale"] = float(np.median(_consistency(ood, coords, residual, z_median))) or 1.0
-    val = run.ood_scores(x_val, np.median(run.sample_z(x_val, n_samples, seed), axis=1), ood)
+    _, val = run.sample_and_score(x_val, n_samples, seed, ood)
     ood["threshold"] = float(np.quantile(val, 1 - false_alarm))
     return ood
 
