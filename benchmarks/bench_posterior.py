@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--ood", action="append", default=[], help="NAME=STORE of an out-of-family store")
     ap.add_argument("--max-minutes", type=float, default=10.0)
     ap.add_argument("--point-max-minutes", type=float, default=3.0)
-    ap.add_argument("--embedding", default="cnn")
+    ap.add_argument("--embedding", default=None, help="kernel or a network (default: the registry's)")
     ap.add_argument("--augment", default="clean", help="artefact preset of the training family")
     ap.add_argument("--balance", type=float, default=0.0, help="balanced-NPE penalty weight")
     ap.add_argument("--ensemble", type=int, default=None, help="flows in the ensemble (default: the registry's)")
@@ -68,8 +68,8 @@ def main() -> None:
         make_toy_prior_store(args.out.parent / "toy-sbi-far.h5", n_draws=30, priors=far, size=64, seed=7)
         others = {"distance beyond the prior": args.out.parent / "toy-sbi-far.h5", **others}
     t0 = time.perf_counter()
-    run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes, embedding=args.embedding,
-                augment=args.augment, balance=args.balance, point_max_minutes=args.point_max_minutes,
+    run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes,
+                **({} if args.embedding is None else {"embedding": args.embedding}), augment=args.augment, balance=args.balance, point_max_minutes=args.point_max_minutes,
                 **({} if args.ensemble is None else {"ensemble": args.ensemble}),
                 progress=False)
     wall = time.perf_counter() - t0
@@ -81,18 +81,22 @@ def main() -> None:
               "split": {p: len(run.split.keys(p)) for p in ("train", "val", "test")},
               "infer_wall_s": wall, "posterior_fit_s": run.summary["best"]["fit_s"],
               "point_fit_s": run.summary.get("point", {}).get("fit_s"), "best": run.summary["best"],
+              "summariser": run.summary.get("summariser"),
               "val_warnings": run.summary["warnings"], "test": metrics, "ood_detection": detection,
               "independent": independent,
               "latency": [latency(run, images, threads=t) for t in (2, 1)]}
     name = (Path(data).stem + ("" if args.augment == "clean" else f"-{args.augment}")
             + ("" if not args.balance else f"-balance{args.balance:g}")
-            + ("" if args.ensemble is None else f"-ensemble{args.ensemble}"))
+            + ("" if args.ensemble is None else f"-ensemble{args.ensemble}")
+            + ("" if args.embedding is None else f"-{args.embedding}"))
     out = Path("benchmarks/results") / f"posterior-{name}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     u = metrics["parameters"]["hubbard_u_ev"]
     ident = metrics["identifiability"]["identifiable_u"]
     print(f"| store | {name} ({result['n_samples_store']} samples, split {result['split']}) |")
-    print(f"| posterior training | {result['posterior_fit_s']:.0f} s (+ point blend {result['point_fit_s'] or 0:.0f} s) |")
+    summariser = (f" + kernel summaries {result['summariser']['fit_s']:.0f} s" if result["summariser"] else "")
+    print(f"| posterior training | {result['posterior_fit_s']:.0f} s{summariser} (+ point blend "
+          f"{result['point_fit_s'] or 0:.0f} s) |")
     print(f"| U median MAE, whole range | {u['mae']:.3f} eV (point blend {metrics['point']['mae']:.3f} eV) |")
     if ident:
         print(f"| U identifiable range | {ident['low']:.2f}-{ident['high']:.2f} eV, MAE there {ident['u_mae']:.3f} eV |")

@@ -49,6 +49,48 @@ def test_pixel_kernel_ridge_interpolates_a_smooth_map():
     np.testing.assert_allclose(again.predict(flat(imgs["test"])), krr.predict(flat(imgs["test"])))
 
 
+def _fitted_smooth_kernel():
+    u_train, u_val = np.linspace(0, 3, 31), np.linspace(0.05, 2.95, 8)
+    norm = Normalizer.fit(_smooth_images(u_train), u_train[:, None], ["u"], None)
+    x_train, x_val = (norm.transform_images(_smooth_images(u)) for u in (u_train, u_val))
+    krr = PixelKernelRidge.fit(x_train.reshape(31, -1).numpy(), u_train[:, None], x_val.reshape(8, -1).numpy(),
+                               u_val[:, None])
+    return krr, u_train, x_train, x_val
+
+
+def test_kernel_summary_module_is_the_kernel_and_differentiable():
+    """The torch module gives the kernel's own predictions, with a gradient in the image."""
+    from moirestm.learn.kernel import KernelSummary
+
+    krr, _, _, x_val = _fitted_smooth_kernel()
+    module = KernelSummary(krr)
+    x = x_val.clone().requires_grad_(True)
+    out = module(x)
+    np.testing.assert_allclose(out.detach().numpy(), krr.predict(x_val.reshape(8, -1).numpy()), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert module.state_dict() == {}  # the float64 copies are rebuilt from the kernel's own state, not saved
+    with pytest.raises(MoireSTMError, match="input values per image"):
+        module(torch.zeros(1, 1, 8, 8))
+
+
+def test_cross_fitted_predictions_never_see_their_own_group():
+    """Out-of-fold: relabelling one group's targets leaves that group's predictions unchanged and moves
+    the others'; on a smooth map the out-of-fold error is small but above the near-exact in-sample fit."""
+    krr, u, x_train, _ = _fitted_smooth_kernel()
+    groups = np.arange(31) // 4  # 8 groups of neighbouring u
+    cross = krr.cross_fitted(u[:, None], groups, n_folds=4)
+    relabelled = u.copy()
+    relabelled[groups == 3] += 5.0
+    moved = krr.cross_fitted(relabelled[:, None], groups, n_folds=4)
+    np.testing.assert_allclose(moved[groups == 3], cross[groups == 3])
+    assert np.abs(moved[groups != 3] - cross[groups != 3]).max() > 0.1
+    in_sample = np.abs(krr.predict(x_train.reshape(31, -1).numpy())[:, 0] - u).mean()
+    assert in_sample < np.abs(cross[:, 0] - u).mean() < 0.2 * np.std(u)
+    with pytest.raises(MoireSTMError, match="at least 2 groups"):
+        krr.cross_fitted(u[:, None], np.zeros(31))
+
+
 def test_blend_weight_follows_the_better_half():
     u_train, u_val = np.linspace(0, 3, 31), np.linspace(0.05, 2.95, 12)
     train_imgs, val_imgs = _smooth_images(u_train), _smooth_images(u_val)

@@ -55,12 +55,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def trained(one_thread, tmp_path_factory):
+@pytest.fixture(scope="module", params=["mlp", "kernel"])
+def trained(request, one_thread, tmp_path_factory):
+    """A two-flow run on the known-posterior store: flows with their own MLP embeddings, or on the shared
+    cross-fitted kernel summaries (the default)."""
     store = MemoryStore(N_DRAWS, 0)
     out = tmp_path_factory.mktemp("post") / "run"
-    run = infer(store, out, point=False, progress=False, epochs=40, patience=6, embedding="mlp", embedding_dim=8,
-                input_size=8, hidden_features=32, num_transforms=2, n_samples=200, lr=2e-3, batch_size=64, ensemble=2)
+    run = infer(store, out, point=False, progress=False, epochs=40, patience=6, embedding=request.param,
+                embedding_dim=8, input_size=8, hidden_features=32, num_transforms=2, n_samples=200, lr=2e-3,
+                batch_size=64, ensemble=2)
     return store, run, out
 
 
@@ -380,12 +383,16 @@ def test_infer_with_an_artefact_preset(tmp_path):
 
 
 def _first_member(run):
-    """A copy of ``run`` holding only its first ensemble member (embedding statistics cut to that member's)."""
+    """A copy of ``run`` holding only its first ensemble member (network-embedding statistics cut to that
+    member's; shared kernel summaries are the same for one member)."""
     dim = run.estimator_config["embedding_dim"]
-    covariance = np.linalg.inv(run.ood["emb_precision"])[:dim, :dim]
-    ood = {**run.ood, "emb_mean": run.ood["emb_mean"][:dim], "emb_precision": np.linalg.inv(covariance)}
+    ood = run.ood
+    if run.summariser is None:
+        covariance = np.linalg.inv(run.ood["emb_precision"])[:dim, :dim]
+        ood = {**run.ood, "emb_mean": run.ood["emb_mean"][:dim], "emb_precision": np.linalg.inv(covariance)}
     return PosteriorRun(None, run.estimators[:1], run.estimator_config, run.normalizer, run.theta, run.split,
-                        run.config, ood, run.store, run.version, run.history, run.summary, run.family)
+                        run.config, ood, run.store, run.version, run.history, run.summary, run.family,
+                        run.summariser)
 
 
 def test_ensemble_posterior_is_the_equal_mixture_of_its_members(trained):
@@ -398,7 +405,8 @@ def test_ensemble_posterior_is_the_equal_mixture_of_its_members(trained):
 
     x = batch_inputs(run.normalizer, [store.image(k) for k in run.split.test[:20]])
     both = run.sample_z(x, 2000, seed=5)[..., 0]
-    one = [_sample_in_box(_flow(e), _flow(e)._embedding_net(x), 2000)[..., 0] for e in run.estimators]
+    inputs = x if run.summariser is None else run.summariser(x)
+    one = [_sample_in_box(_flow(e), _flow(e)._embedding_net(inputs), 2000)[..., 0] for e in run.estimators]
     assert np.max(np.abs(one[0].mean(axis=1) - one[1].mean(axis=1))) > 1e-3  # the members are not copies
     means, variances = np.array([o.mean(axis=1) for o in one]), np.array([o.var(axis=1) for o in one])
     np.testing.assert_allclose(both.mean(axis=1), means.mean(axis=0), atol=0.02)  # MC sd ~0.1 / sqrt(1000)
@@ -409,6 +417,8 @@ def test_ensemble_posterior_is_the_equal_mixture_of_its_members(trained):
 def test_a_version_3_run_loads_as_an_ensemble_of_one(trained, tmp_path):
     """Runs written before ensembles (format 3: one ``state_dict``) still load and predict."""
     store, run, out = trained
+    if run.summariser is not None:
+        pytest.skip("format 3 predates kernel summaries: only network-embedding runs were written in it")
     state = torch.load(out / "posterior.pt", weights_only=False)
     state["format_version"], state["state_dict"] = 3, state.pop("state_dicts")[0]
     (tmp_path / "v3").mkdir()
@@ -419,3 +429,17 @@ def test_a_version_3_run_loads_as_an_ensemble_of_one(trained, tmp_path):
     image = store.image(run.split.test[0])
     assert old.n_members == 1
     assert predict_posterior(old, image, seed=2) == predict_posterior(first, image, seed=2)
+
+
+def test_kernel_summaries_refuse_too_few_draws_or_too_many_images(tmp_path, monkeypatch):
+    """The kernel summaries are cross-fitted over training draws and fit an n x n kernel: one-line errors."""
+    from moirestm.learn import kernel
+
+    store = MemoryStore(40, 4)
+    monkeypatch.setattr(kernel, "KERNEL_MAX_TRAIN", 10)
+    with pytest.raises(MoireSTMError, match="KERNEL_MAX_TRAIN = 10; use embedding 'cnn'"):
+        infer(store, tmp_path / "big", point=False, progress=False, epochs=1, input_size=8)
+    assert not (tmp_path / "big").exists()
+    monkeypatch.undo()
+    with pytest.raises(MoireSTMError, match="at least 2 draws"):  # 3 draws: one each for train, val, test
+        infer(MemoryStore(3, 4), tmp_path / "few", point=False, progress=False, epochs=1, input_size=8)

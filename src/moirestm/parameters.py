@@ -266,6 +266,11 @@ _ENTRIES = [
        help="time budget of that point baseline"),
     _p("balance", "", 0.0, "plain NPE; 100 in Delaunoy et al., NeurIPS 2022 (arXiv:2208.13624)", 0.0, 1.0e4,
        high_open=True, help="balanced-NPE penalty weight for conservative posteriors (0: plain NPE)"),
+    _p("embedding", "", "kernel", "posterior-mean summaries of semi-automatic ABC (Fearnhead & Prangle, J. R. "
+       "Stat. Soc. B 74, 419 (2012)); measured against cnn in docs/benchmarks.md", kind="str",
+       choices=("kernel", "cnn", "mlp", "resnet18"),
+       help="what the posterior flows condition on: kernel (cross-fitted kernel-ridge summaries, shared) or a "
+            "network embedding per flow (cnn, mlp, resnet18)"),
     _p("ensemble", "", 5, "deep ensembles of 5 (Lakshminarayanan et al., NeurIPS 2017); NPE ensembles are less "
        "over-confident (Hermans et al., TMLR 2022, arXiv:2110.06581)", 1, 64, kind="int",
        help="flows in the posterior ensemble (their equal-weight mixture is the posterior)"),

@@ -27,11 +27,13 @@ def infer_cmd(
                                              "noisy): train on the artefacts the measurements carry"),
     balance: float = option("balance"),
     ensemble: int = option("ensemble"),
+    embedding: str = option("embedding"),
     overwrite: bool = typer.Option(False, help="replace an existing posterior run in OUT"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Neural posterior estimation (sbi flow + CNN embedding) of U and the drawn parameters on a draw split."""
+    """Neural posterior estimation (sbi flows on kernel summaries or a CNN embedding) of U and the drawn
+    parameters on a draw split."""
     from ..learn.posterior import infer
 
     if threads:
@@ -40,7 +42,7 @@ def infer_cmd(
         torch.set_num_threads(threads)
     run = infer(data, out, overwrite=overwrite, flow=flow, epochs=epochs, max_minutes=max_minutes, seed=seed,
                 point=point, point_max_minutes=point_max_minutes, augment=augment, balance=balance,
-                ensemble=ensemble, progress=not json_out)
+                ensemble=ensemble, embedding=embedding, progress=not json_out)
     summary = run.summary
     if json_out:
         emit_json({"run": str(out), "theta": run.names, **summary})

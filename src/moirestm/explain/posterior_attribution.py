@@ -1,7 +1,8 @@
 """Attribution of the reported quantity of a posterior run: the posterior mean of U.
 
 The posterior mean is made differentiable in the input by fixing the flow's base noise
-(``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))`` (averaged over the members of
+(``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))`` (``embed``: the member's network, or the run's shared
+kernel summaries) (averaged over the members of
 an ensemble run: the mean of an equal-weight mixture is the mean of its members' means) with the samples
 clamped into the prior box (box rejection is not differentiable; clamping moves the estimate by
 the leaked mass only).  Integrated gradients, guided backprop and Grad-CAM (captum, through
@@ -33,6 +34,7 @@ class PosteriorMean(nn.Module):
         from ..learn.posterior import _flow
 
         flows = [_flow(estimator) for estimator in run.estimators]
+        self.summariser = run.summariser  # None, or the kernel summaries every member conditions on
         self.embeddings = nn.ModuleList(flow._embedding_net for flow in flows)
         self.transforms = nn.ModuleList(flow._transform for flow in flows)
         self.j = run.names.index(name)
@@ -43,6 +45,7 @@ class PosteriorMean(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.noise)
+        x = x if self.summariser is None else self.summariser(x)
         means = []
         for embedding, transform in zip(self.embeddings, self.transforms):
             ctx = embedding(x).repeat_interleave(n, dim=0)

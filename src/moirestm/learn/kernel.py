@@ -19,7 +19,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
+from ..errors import MoireSTMError
 from .data import STANDARDISE, Normalizer
 
 #: Grids of the pixel kernel ridge: gamma in units of 1 / (number of input values), and the ridge alpha.
@@ -96,6 +98,29 @@ class PixelKernelRidge:
         mae, g, a, coef = best
         return cls(x_train, coef, float(g), float(a), ymu, ysd, mae)
 
+    def cross_fitted(self, y_train: np.ndarray, groups: Sequence, n_folds: int = 5) -> np.ndarray:
+        """Out-of-fold predictions ``(n, n_targets)`` of the training inputs (targets ``y_train``), with this
+        kernel's ``gamma`` and ``alpha`` refitted on ``n_folds`` folds of whole groups (e.g. draws): no
+        prediction sees an input of its own group, so their errors are those of the kernel on a new group.
+        """
+        from scipy.linalg import solve
+
+        groups = np.asarray(groups)
+        unique = np.unique(groups)
+        if len(unique) < 2:
+            raise MoireSTMError(f"cross-fitting needs at least 2 groups of training inputs, got {len(unique)}")
+        d = self.x_train.shape[1]
+        gram = np.exp(-self.gamma / d * squared_distances(self.x_train, self.x_train).numpy())
+        y = np.asarray(y_train, np.float64).reshape(len(gram), -1)
+        out = np.empty_like(y)
+        for fold in np.array_split(np.random.default_rng(0).permutation(unique), min(n_folds, len(unique))):
+            held = np.isin(groups, fold)
+            mean, std = y[~held].mean(0), y[~held].std(0) + 1e-12
+            coef = solve(gram[np.ix_(~held, ~held)] + self.alpha * np.eye(int((~held).sum())), (y[~held] - mean) / std,
+                         assume_a="pos")
+            out[held] = gram[np.ix_(held, ~held)] @ coef * std + mean
+        return out
+
     @torch.no_grad()
     def predict(self, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """Predictions ``(n, n_targets)`` in target units for flattened inputs ``x``.
@@ -122,6 +147,34 @@ class PixelKernelRidge:
     def from_state(cls, s: dict) -> "PixelKernelRidge":
         return cls(s["x_train"].numpy(), s["coef"].numpy(), float(s["gamma"]), float(s["alpha"]),
                    np.asarray(s["y_mean"], float), np.asarray(s["y_std"], float), float(s["val_mae"]))
+
+
+class KernelSummary(nn.Module):
+    """A fitted :class:`PixelKernelRidge` as a differentiable torch module: ``x (B, C, h, w) -> (B, n_targets)``.
+
+    The summary statistics of a posterior run's flows (``embedding="kernel"``): the kernel's
+    prediction of every inferred parameter.  Distances in float64 (see :func:`squared_distances`);
+    the float64 copy of the training inputs is built here, not saved (``kernel.state()`` is).
+    """
+
+    def __init__(self, kernel: PixelKernelRidge):
+        super().__init__()
+        self.kernel = kernel
+        train = torch.from_numpy(np.ascontiguousarray(kernel.x_train)).double()
+        self.register_buffer("x_train", train, persistent=False)
+        self.register_buffer("norms", (train ** 2).sum(dim=1), persistent=False)
+        self.register_buffer("coef", torch.from_numpy(np.asarray(kernel.coef, np.float64)), persistent=False)
+        self.register_buffer("y_mean", torch.as_tensor(np.asarray(kernel.y_mean, np.float64)), persistent=False)
+        self.register_buffer("y_std", torch.as_tensor(np.asarray(kernel.y_std, np.float64)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(len(x), -1).double()
+        if flat.shape[1] != self.x_train.shape[1]:
+            raise MoireSTMError(f"the kernel summary takes {self.x_train.shape[1]} input values per image, "
+                                f"got {flat.shape[1]}")
+        d2 = ((flat ** 2).sum(dim=1)[:, None] + self.norms - 2 * flat @ self.x_train.T).clamp_min(0)
+        gram = torch.exp(-self.kernel.gamma / flat.shape[1] * d2)
+        return (gram @ self.coef * self.y_std + self.y_mean).float()
 
 
 def flat_inputs(normalizer: Normalizer, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -206,5 +259,5 @@ class KernelBlend:
                    float(s["weight"]), dict(s["val_mae"]))
 
 
-__all__ = ["PixelKernelRidge", "KernelBlend", "fit_pixel_kernel", "squared_distances", "KRR_GAMMAS",
+__all__ = ["PixelKernelRidge", "KernelSummary", "KernelBlend", "fit_pixel_kernel", "squared_distances", "KRR_GAMMAS",
            "KRR_ALPHAS", "BLEND_WEIGHTS", "KERNEL_MAX_TRAIN"]

@@ -2,11 +2,14 @@
 
 :func:`infer` trains, on a ``draw`` split of a store with priors (issue 16: samples carry
 ``draw_id``, the sweep metadata holds ``priors``), a conditional normalizing flow
-``q(theta | image)`` (sbi's neural spline flow by default) whose conditioning input is the
-project's :class:`~moirestm.learn.models.CompactCNN` used as an embedding network; the
-whole estimator is trained end to end by maximum likelihood (plain PyTorch loop, early stopping
-on the held-out validation *draws*).  ``theta`` is U plus every numeric drawn parameter of the
-store's priors (``choice`` priors, e.g. a twist index, are not inferred and are marginalised).
+``q(theta | image)`` (sbi's neural spline flow by default), an equal-weight ensemble of such flows,
+conditioned either on summary statistics shared by the flows (``embedding="kernel"``, the default:
+a pixel kernel ridge's estimate of every parameter, cross-fitted over training draws, see
+:func:`fit_summariser`) or on a network embedding per flow (the project's
+:class:`~moirestm.learn.models.CompactCNN`, ``embedding="cnn"``) trained end to end with it.  Flows
+are trained by maximum likelihood (plain PyTorch loop, early stopping on the held-out validation
+*draws*).  ``theta`` is U plus every numeric drawn parameter of the store's priors (``choice``
+priors, e.g. a twist index, are not inferred and are marginalised).
 
 The prior handed to sbi is a uniform box over the prior ranges (U: the range of the store's
 U values), in standardised coordinates ``z = (theta - centre) / half_width`` in ``[-1, 1]`` (of
@@ -50,10 +53,11 @@ warnings.filterwarnings("ignore", message=r".*triangular_solve is deprecated.*",
 POSTERIOR_FORMAT = "moirestm-posterior-run"
 #: 2: the out-of-family score's second half is the posterior consistency check (was an unconditional PCA distance);
 #: 3: a third part, the prior-box reading (:func:`_box_excess`);
-#: 4: an ensemble of flows (``state_dicts``, one per member; a version-3 file is read as an ensemble of one)
-POSTERIOR_VERSION = 4
+#: 4: an ensemble of flows (``state_dicts``, one per member; a version-3 file is read as an ensemble of one);
+#: 5: an optional shared summariser in front of the flows (``summariser``: the kernel of ``embedding="kernel"``)
+POSTERIOR_VERSION = 5
 #: format versions :meth:`PosteriorRun.load` reads
-READABLE_VERSIONS = (3, 4)
+READABLE_VERSIONS = (3, 4, 5)
 POSTERIOR_FILE = "posterior.pt"
 POINT_DIR = "point"
 #: central-interval levels of the coverage checks
@@ -68,6 +72,10 @@ N_SAMPLES = 1000
 #: most half as wide as the prior)
 IDENTIFIED_CONTRACTION = 2.0
 FLOWS = ("nsf", "maf")
+#: input side of the kernel summaries (the pixel kernel's resolution in the network + kernel blend)
+KERNEL_INPUT_SIZE = DEFAULT_INPUT_SIZE["cnn"]
+#: folds of whole draws for the cross-fitted kernel summaries
+SUMMARY_FOLDS = 5
 
 
 @dataclass
@@ -75,7 +83,9 @@ class PosteriorConfig:
     """Hyper-parameters of :func:`infer` (all saved with the run)."""
 
     flow: str = "nsf"
-    embedding: str = "cnn"
+    #: ``kernel``: cross-fitted pixel-kernel-ridge summaries shared by the flows; ``cnn``/``mlp``/``resnet18``:
+    #: a network embedding per flow, trained end to end
+    embedding: str = field(default_factory=lambda: parameter("embedding").default)
     embedding_dim: int = 32
     width: int = 16
     dropout: float = 0.0
@@ -240,22 +250,31 @@ def member_config(config: dict, member: int) -> dict:
 
 
 def build_estimator(config: dict):
-    """The sbi flow with its CNN embedding, rebuilt from ``config`` (shapes + hyper-parameters)."""
+    """The sbi flow with its embedding, rebuilt from ``config`` (shapes + hyper-parameters).
+
+    With ``embedding="kernel"`` the flow takes the run's shared summaries (``embedding_dim`` of them) as
+    its context directly (identity embedding); otherwise it embeds the image with its own network.
+    """
     from sbi.neural_nets import posterior_nn
 
     shape = config["input_shape"]  # (C, h, w)
-    options = {"width": config["width"]} if config.get("embedding", "cnn") != "mlp" else {}
-    embedding = build_model({"name": config.get("embedding", "cnn"), "in_shape": shape[1:],
-                             "n_targets": config["embedding_dim"], "dropout": config.get("dropout", 0.0), **options,
-                             **({"in_channels": shape[0]} if shape[0] > 1 else {})})
+    name = config.get("embedding", "cnn")
+    gen = torch.Generator().manual_seed(0)
+    if name == "kernel":
+        embedding, x0 = torch.nn.Identity(), torch.randn(8, config["embedding_dim"], generator=gen)
+    else:
+        options = {"width": config["width"]} if name != "mlp" else {}
+        embedding = build_model({"name": name, "in_shape": shape[1:], "n_targets": config["embedding_dim"],
+                                 "dropout": config.get("dropout", 0.0), **options,
+                                 **({"in_channels": shape[0]} if shape[0] > 1 else {})})
+        x0 = torch.randn(8, *shape, generator=gen)
     builder = posterior_nn(model=config["flow"], z_score_theta="none", z_score_x="none",
                            hidden_features=config["hidden_features"], num_transforms=config["num_transforms"],
                            embedding_net=embedding)
-    gen = torch.Generator().manual_seed(0)
     theta0 = torch.rand(8, config["n_theta"], generator=gen) * 2 - 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.get("seed", 0))
-        return builder(theta0, torch.randn(8, *shape, generator=gen))
+        return builder(theta0, x0)
 
 
 # --------------------------------------------------------------------------- the run
@@ -266,15 +285,17 @@ class PosteriorRun:
     With several members the posterior is their equal-weight mixture (a deep ensemble of neural
     posterior estimators; Hermans et al., TMLR 2022, arXiv:2110.06581, found such ensembles less
     over-confident than a single flow): each member gives an equal share of every image's samples,
-    each restricted to the prior box.
+    each restricted to the prior box.  ``summariser`` (``embedding="kernel"``: a
+    :class:`~moirestm.learn.kernel.KernelSummary`) maps the normalised image to the flows' shared context.
     """
 
     kind = "posterior"
 
     def __init__(self, path: Path | None, estimators: Sequence, estimator_config: dict, normalizer: Normalizer,
                  theta: Theta, split: Split, config: dict, ood: dict, store: str | None, version: str,
-                 history: list, summary: dict, family: dict):
+                 history: list, summary: dict, family: dict, summariser: torch.nn.Module | None = None):
         self.estimators = [e.eval() for e in estimators]
+        self.summariser = summariser
         self.path, self.estimator_config = path, estimator_config
         self.normalizer, self.theta, self.split, self.config = normalizer, theta, split, config
         self.ood, self.store, self.version, self.history = ood, store, version, history
@@ -295,6 +316,7 @@ class PosteriorRun:
         return {"format": POSTERIOR_FORMAT, "format_version": POSTERIOR_VERSION, "moirestm_version": self.version,
                 "estimator_config": self.estimator_config,
                 "state_dicts": [e.state_dict() for e in self.estimators],
+                "summariser": None if self.summariser is None else self.summariser.kernel.state(),
                 "normalizer": self.normalizer.state(), "theta": self.theta.to_dict(), "split": self.split.to_dict(),
                 "config": self.config, "ood": {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray)
                                                    else v) for k, v in self.ood.items()},
@@ -344,6 +366,13 @@ class PosteriorRun:
                                 f"parameters but the run records {len(state['theta']['names'])}")
         if not isinstance(state["state_dicts"], list) or not state["state_dicts"]:
             raise MoireSTMError(f"posterior run {file} holds no flow weights")
+        summariser = None
+        if state["estimator_config"].get("embedding") == "kernel":
+            from .kernel import KernelSummary, PixelKernelRidge
+
+            if not state.get("summariser"):
+                raise MoireSTMError(f"posterior run {file} has kernel summaries but holds no kernel")
+            summariser = KernelSummary(PixelKernelRidge.from_state(state["summariser"]))
         estimators = []
         for member, weights in enumerate(state["state_dicts"]):
             estimators.append(build_estimator(member_config(state["estimator_config"], member)))
@@ -352,7 +381,7 @@ class PosteriorRun:
         return cls(file.parent, estimators, state["estimator_config"], Normalizer.from_state(state["normalizer"]),
                    Theta.from_dict(state["theta"]), Split.from_dict(state["split"]), state.get("config", {}), ood,
                    state.get("store"), state.get("moirestm_version", "?"), state.get("history", []),
-                   state.get("summary", {}), state.get("family", {}))
+                   state.get("summary", {}), state.get("family", {}), summariser)
 
     def held_out_images(self, store, keys: Sequence[str]) -> list[np.ndarray]:
         """Images of ``keys`` as the run's family makes them (with its artefact preset, if any)."""
@@ -373,31 +402,39 @@ class PosteriorRun:
 
     @torch.inference_mode()
     def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32,
-                 embeddings: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                 embeddings: bool = False, summaries: torch.Tensor | None = None
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box
-        (with ``embeddings``, also every member's embedding of ``x`` side by side, ``(n_images, n_members *
-        embedding_dim)``, computed on the way).
+        (with ``embeddings``, also the embedding of ``x`` computed on the way: the shared summaries, or
+        every member's network embedding side by side, ``(n_images, n_members * embedding_dim)``).
 
         Each ensemble member gives an equal share of every image's samples (the first members one
         more where ``n_samples`` does not divide).  Images are sampled ``chunk`` at a time (one
         embedding pass, one flow pass per member); an image whose flow keeps more than 1/5 of its
-        mass outside the box after five rounds gets the rest clamped.
+        mass outside the box after five rounds gets the rest clamped.  ``summaries``: the
+        summariser's outputs for ``x`` when they are given (the cross-fitted ones of training images).
         """
         out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
-        embedded = np.empty((len(x), self.n_members, self.estimator_config["embedding_dim"]), dtype=np.float32)
+        embedded = []
         shares = np.diff(np.linspace(0, n_samples, self.n_members + 1).round().astype(int))
         starts = np.concatenate([[0], np.cumsum(shares)])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for first in range(0, len(x), chunk):
                 rows = slice(first, first + chunk)
+                inputs = x[rows]
+                if self.summariser is not None:
+                    inputs = summaries[rows] if summaries is not None else self.summariser(inputs)
+                contexts = []
                 for m, estimator in enumerate(self.estimators):
                     flow = _flow(estimator)
-                    context = flow._embedding_net(x[rows])
-                    embedded[rows, m] = context.numpy()
+                    contexts.append(flow._embedding_net(inputs))
                     if shares[m]:
-                        out[rows, starts[m]:starts[m + 1]] = _sample_in_box(flow, context, int(shares[m]))
-        return (out, embedded.reshape(len(x), -1)) if embeddings else out
+                        out[rows, starts[m]:starts[m + 1]] = _sample_in_box(flow, contexts[-1], int(shares[m]))
+                embedded.append((inputs if self.summariser is not None else torch.cat(contexts, dim=1)).numpy())
+        if not embeddings:
+            return out
+        return out, np.concatenate(embedded) if embedded else np.empty((0, 0), np.float32)
 
     def samples(self, images: Sequence[np.ndarray], n_samples: int | None = None, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -500,8 +537,7 @@ def infer(store: Any, out: str | Path = "runs/posterior", *, split: Split | None
 
 
 def _check_config(cfg: PosteriorConfig) -> None:
-    if cfg.embedding not in ("cnn", "mlp", "resnet18"):
-        raise MoireSTMError(f"unknown embedding {cfg.embedding!r}; choose cnn, mlp or resnet18")
+    validate("embedding", cfg.embedding, "infer")
     if not 0 <= cfg.dropout < 1:
         raise MoireSTMError(f"infer: dropout must lie in [0, 1), got {cfg.dropout}")
     if cfg.flow not in FLOWS:
@@ -556,7 +592,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     theta = theta_of(st, split.train + split.val + split.test, priors)
     train_images = [st.image(k) for k in split.train]
     first = np.asarray(train_images[0])
-    size = cfg.input_size or min(DEFAULT_INPUT_SIZE[cfg.embedding], *first.shape[-2:])
+    size = cfg.input_size or min(DEFAULT_INPUT_SIZE.get(cfg.embedding, KERNEL_INPUT_SIZE), *first.shape[-2:])
     y_train = _theta_values(st, split.train, theta)
     normalizer = Normalizer.fit(train_images, y_train, theta.names,
                                 None if size == first.shape[-1] == first.shape[-2] else size)
@@ -576,14 +612,21 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
                   "hidden_features": cfg.hidden_features, "num_transforms": cfg.num_transforms,
                   "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
                   "seed": cfg.seed}
+    summariser, summaries, summary = None, None, {}
+    flow_train, flow_val = (x_train if augmenter is None else train_inputs), x_val
+    if cfg.embedding == "kernel":
+        groups = [st.params(k).get("draw_id", i) for i, k in enumerate(split.train)]
+        summariser, summaries, summary["summariser"] = fit_summariser(x_train, z_train, x_val, z_val, groups, progress)
+        est_config["embedding_dim"] = summaries.shape[1]
+        with torch.inference_mode():
+            flow_train, flow_val = summaries, summariser(x_val)
     estimators, history, bests = [], [], []
     member_minutes = None if cfg.max_minutes is None else cfg.max_minutes / cfg.ensemble
     for member in range(cfg.ensemble):
         estimators.append(build_estimator(member_config(est_config, member)))
         member_cfg = replace(cfg, seed=cfg.seed + member, max_minutes=member_minutes)
         label = f"member {member + 1}/{cfg.ensemble} " if cfg.ensemble > 1 else ""
-        h, best, t_fit = _train_flow(estimators[-1], member_cfg, x_train if augmenter is None else train_inputs,
-                                     z_train, x_val, z_val, progress, label)
+        h, best, t_fit = _train_flow(estimators[-1], member_cfg, flow_train, z_train, flow_val, z_val, progress, label)
         history += [{"member": member, **row} for row in h]
         bests.append({**best, "fit_s": t_fit})
     best = {"epoch": [b["epoch"] for b in bests], "stopped": sorted({b["stopped"] for b in bests}),
@@ -591,9 +634,9 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
             "members": bests, "n_parameters": sum(count_parameters(e) for e in estimators)}
     run = PosteriorRun(out, estimators, est_config, normalizer, theta, split, cfg.to_dict(), {},
                        str(Path(store_path(st)).resolve()) if store_path(st) else None, __version__, history,
-                       {"best": best}, _family(st, priors))
+                       {"best": best, **summary}, _family(st, priors), summariser)
     run.summary["prior_sd"] = {n: float(s) for n, s in zip(theta.names, y_train.std(axis=0))}
-    run.ood = fit_ood(run, x_train, z_train.numpy(), x_val, cfg.ood_false_alarm, cfg.n_samples, cfg.seed)
+    run.ood = fit_ood(run, x_train, z_train.numpy(), x_val, cfg.ood_false_alarm, cfg.n_samples, cfg.seed, summaries)
     from .calibration import calibration_metrics
 
     val = calibration_metrics(run, st, split.val, n_samples=cfg.n_samples, seed=cfg.seed)
@@ -603,6 +646,42 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
         run.summary["point"] = point_baseline(st, split, out / POINT_DIR, cfg, progress)
     run.save(out)
     return run
+
+
+def fit_summariser(x_train: torch.Tensor, z_train: torch.Tensor, x_val: torch.Tensor, z_val: torch.Tensor,
+                   groups: Sequence, progress: bool = False, n_folds: int = SUMMARY_FOLDS):
+    """The shared summary statistics of ``embedding="kernel"``: a pixel kernel ridge from the normalised
+    image to every box coordinate (``gamma``, ``alpha`` chosen by validation MAE), and the training
+    images' *cross-fitted* summaries (folds of whole draws, ``groups``).
+
+    The posterior mean is the summary statistic of semi-automatic ABC (Fearnhead & Prangle, J. R. Stat.
+    Soc. B 74, 419 (2012)); the kernel ridge is its regression estimate.  The flows learn ``p(theta |
+    summary)`` from out-of-fold summaries, whose errors are those of the kernel on draws it has not
+    seen, so the flows do not learn the kernel's near-exact fit of its own training images.
+
+    Returns the :class:`~moirestm.learn.kernel.KernelSummary` module, the cross-fitted training
+    summaries ``(n_train, d)`` and a record (hyper-parameters, MAEs in box units, time).
+    """
+    from .kernel import KERNEL_MAX_TRAIN, KernelSummary, PixelKernelRidge
+
+    if len(x_train) > KERNEL_MAX_TRAIN:
+        raise MoireSTMError(f"embedding 'kernel' fits an n x n kernel: {len(x_train)} training images exceed "
+                            f"KERNEL_MAX_TRAIN = {KERNEL_MAX_TRAIN}; use embedding 'cnn' for a store this large")
+    if len(set(groups)) < 2:
+        raise MoireSTMError("embedding 'kernel' cross-fits its summaries over draws: the training part needs at "
+                            "least 2 draws")
+    t0 = time.perf_counter()
+    flat = x_train.reshape(len(x_train), -1).numpy()
+    kernel = PixelKernelRidge.fit(flat, z_train.numpy(), x_val.reshape(len(x_val), -1).numpy(), z_val.numpy())
+    cross = kernel.cross_fitted(z_train.numpy(), groups, n_folds)
+    record = {"gamma": kernel.gamma, "alpha": kernel.alpha, "val_mae_box": kernel.val_mae,
+              "cross_fitted_mae_box": float(np.mean(np.abs(cross - z_train.numpy()))),
+              "folds": min(n_folds, len(set(groups))), "fit_s": time.perf_counter() - t0}
+    if progress:
+        print(f"kernel summaries: gamma {kernel.gamma:.3g}, alpha {kernel.alpha:.1e}, MAE in box units "
+              f"{record['val_mae_box']:.3f} (validation) / {record['cross_fitted_mae_box']:.3f} (cross-fitted "
+              f"training), {record['fit_s']:.0f} s", flush=True)
+    return KernelSummary(kernel), torch.from_numpy(cross.astype(np.float32)), record
 
 
 def _theta_values(st, keys: Sequence[str], theta: Theta) -> np.ndarray:
@@ -778,7 +857,7 @@ def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray, z_median: n
 
 
 def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val: torch.Tensor, false_alarm: float,
-            n_samples: int = N_SAMPLES, seed: int = 0) -> dict:
+            n_samples: int = N_SAMPLES, seed: int = 0, summaries: torch.Tensor | None = None) -> dict:
     """Out-of-family statistics of the training draws (inputs ``x_train``, true box coordinates
     ``z_train``) and the threshold at ``false_alarm`` on the validation draws.
 
@@ -789,11 +868,13 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
     (:func:`_box_excess`).  An embedding can map a far-off input (a blank image) near the training
     cloud; noise or blur that the embedding ignores leaves the image unlike any training image at
     the inferred parameters; an image from just beyond a prior's edge looks like one at the edge.
+    ``summaries``: the training images' cross-fitted summaries (``embedding="kernel"``), so that the
+    training statistics see the summaries' errors on new draws rather than the kernel's fit of its own images.
     """
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
-    z, emb = run.sample_z(x_train, n_samples, seed, embeddings=True)
+    z, emb = run.sample_z(x_train, n_samples, seed, embeddings=True, summaries=summaries)
     z_median = np.median(z, axis=1)
     pixels = x_train.reshape(len(x_train), -1).numpy().astype(np.float64)
     pca = PCA(n_components=min(OOD_PCA_COMPONENTS, len(pixels) - 1, pixels.shape[1]), random_state=0).fit(pixels)
