@@ -110,6 +110,9 @@ def main() -> None:
         unflagged = ("" if s.get("unflagged_u_coverage_90") is None else
                      f"; unflagged: U 90 % coverage {s['unflagged_u_coverage_90']:.2f}, "
                      f"MAE {s['unflagged_u_mae_ev']:.2f} eV")
+        if s.get("change_unflagged_median") is not None:
+            unflagged += (f"; rms input change flagged {s['change_flagged_median']:.3f}, "
+                          f"unflagged {s['change_unflagged_median']:.3f}")
         print(f"| OOD detected: {set_name} | {s['flagged']:.2f} (n={s['n']}{unflagged}) |")
     if independent is not None:
         ui = independent["parameters"]["hubbard_u_ev"]

@@ -380,6 +380,10 @@ def test_infer_with_an_artefact_preset(tmp_path):
     assert calibration_metrics(reloaded, store, keys, n_samples=50, with_sbc=False)["n"] == len(keys)
     sets = ood_detection(reloaded, store)["sets"]
     assert "artefact:symb" in sets and "artefact:noisy" not in sets
+    symb = sets["artefact:symb"]  # U is known for the altered test images: the misses are checked too
+    assert "unflagged_u_coverage_90" in symb
+    changes = [symb[k] for k in ("change_flagged_median", "change_unflagged_median") if symb[k] is not None]
+    assert changes and all(c > 0 for c in changes)  # every symb draw alters the normalised input
 
 
 def _first_member(run):

@@ -5,7 +5,8 @@ The score and its threshold (5 % false alarms on the validation draws) are fitte
 on the run's test draws and the detection rate on sets that lie outside the training family:
 blank images (all zero), saturated images (every pixel at the image maximum, a pegged
 detector), the held-out images with each artefact preset never trained on (default ``noisy``
-and ``symb``, FT space), and every sample of any other store given (e.g. a distance beyond the prior, another
+and ``symb``, FT space; with the rms change each artefact draw made to the normalised input, for
+the flagged and the unflagged images apart: a preset's weakest draws barely alter an image), and every sample of any other store given (e.g. a distance beyond the prior, another
 twist index).  Where such a store records U, the U posterior of the images *not* flagged is
 checked too (90 % central-interval coverage and median error): a miss that still gets U right is
 harmless, one that does not is a confident wrong answer.
@@ -33,11 +34,15 @@ def _rate(run: PosteriorRun, images) -> dict:
     return _flag_summary(run, run.ood_scores(batch_inputs(run.normalizer, images)))
 
 
-def _rate_with_u(run: PosteriorRun, images, u_true: np.ndarray, seed: int) -> dict:
-    """:func:`_rate` plus the U posterior's 90 % coverage and median error on the unflagged images."""
+def _rate_with_u(run: PosteriorRun, images, u_true: np.ndarray, seed: int, change: np.ndarray | None = None) -> dict:
+    """:func:`_rate` plus the U posterior's 90 % coverage and median error on the unflagged images (and, given
+    each image's ``change`` from its clean original, the median change of the flagged and unflagged ones)."""
     samples, scores = run.samples(images, seed=seed)
     missed = scores <= run.ood["threshold"]
     out = {**_flag_summary(run, scores), "unflagged_u_coverage_90": None, "unflagged_u_mae_ev": None}
+    if change is not None:
+        out["change_flagged_median"] = float(np.median(change[~missed])) if (~missed).any() else None
+        out["change_unflagged_median"] = float(np.median(change[missed])) if missed.any() else None
     if missed.any():
         u = samples[missed, :, run.names.index(DEFAULT_TARGET)]
         lo, hi = np.quantile(u, [0.05, 0.95], axis=1)
@@ -69,9 +74,15 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
     sets = result["sets"]
     sets["blank"] = _rate(run, [np.zeros_like(im) for im in images])
     sets["saturated"] = _rate(run, [np.full_like(im, im.max()) for im in images])
+    clean = batch_inputs(run.normalizer, images).reshape(len(images), -1)
+    u_test = np.array([float(st.params(k).get(DEFAULT_TARGET, np.nan)) for k in keys])
     for artefact in (a for a in artefacts if a != run.config.get("augment", "clean")):
         ds = ImageDataset(st, keys, run.normalizer, Augmenter(artefact), seed=seed)
-        sets[f"artefact:{artefact}"] = _rate(run, ds.augmented(range(len(keys))))
+        altered = ds.augmented(range(len(keys)))
+        change = (batch_inputs(run.normalizer, altered).reshape(len(keys), -1) - clean).pow(2).mean(dim=1).sqrt()
+        sets[f"artefact:{artefact}"] = (_rate_with_u(run, altered, u_test, seed, change.numpy())
+                                        if DEFAULT_TARGET in run.names and np.isfinite(u_test).all()
+                                        else _rate(run, altered))
     for name, other in (others or {}).items():
         ost = open_store(other)
         okeys = ost.keys(status="ok")
