@@ -216,6 +216,16 @@ def test_bad_inputs(trained, tmp_path):
         PosteriorRun.load(tmp_path / "z")
     with pytest.raises(MoireSTMError, match="no posterior run"):
         PosteriorRun.load(tmp_path)
+    with pytest.raises(MoireSTMError, match="embedding must be one of"):
+        infer(store, tmp_path / "k", point=False, progress=False, embedding="pca")
+    if run.summariser is not None:  # a kernel run whose kernel is missing or does not fit its flows
+        state = torch.load(out / "posterior.pt", weights_only=False)
+        for broken, message in ((None, "holds no kernel"), ({**state["summariser"], "x_train":
+                                                            state["summariser"]["x_train"][:, :10]}, "input values")):
+            (tmp_path / "kr").mkdir(exist_ok=True)
+            torch.save({**state, "summariser": broken}, tmp_path / "kr" / "posterior.pt")
+            with pytest.raises(MoireSTMError, match=message):
+                PosteriorRun.load(tmp_path / "kr")
 
 
 def test_other_family_store_is_refused_or_warned(trained):

@@ -372,7 +372,14 @@ class PosteriorRun:
 
             if not state.get("summariser"):
                 raise MoireSTMError(f"posterior run {file} has kernel summaries but holds no kernel")
-            summariser = KernelSummary(PixelKernelRidge.from_state(state["summariser"]))
+            kernel = PixelKernelRidge.from_state(state["summariser"])
+            config = state["estimator_config"]
+            if (kernel.x_train.shape[1] != int(np.prod(config["input_shape"]))
+                    or np.shape(kernel.coef)[1] != config["embedding_dim"]):
+                raise MoireSTMError(f"posterior run {file}: its kernel maps {kernel.x_train.shape[1]} input values to "
+                                    f"{np.shape(kernel.coef)[1]} summaries, the flows expect "
+                                    f"{int(np.prod(config['input_shape']))} and {config['embedding_dim']}")
+            summariser = KernelSummary(kernel)
         estimators = []
         for member, weights in enumerate(state["state_dicts"]):
             estimators.append(build_estimator(member_config(state["estimator_config"], member)))
