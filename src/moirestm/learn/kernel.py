@@ -33,9 +33,9 @@ BLEND_WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
 KERNEL_MAX_TRAIN = 4000
 
 
-@torch.no_grad()
 def squared_distances(a, b, b_norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Euclidean distances ``(len(a), len(b))`` between the rows of ``a`` and ``b``, in float64.
+    """Squared Euclidean distances ``(len(a), len(b))`` between the rows of ``a`` and ``b``, in float64
+    (differentiable in tensor inputs that require a gradient).
 
     ``a``, ``b`` are arrays or tensors; ``b_norms`` the squared row norms of ``b`` when they are cached.
     In float64: with a small ridge ``alpha`` the dual coefficients are large and of both signs, so
@@ -172,8 +172,7 @@ class KernelSummary(nn.Module):
         if flat.shape[1] != self.x_train.shape[1]:
             raise MoireSTMError(f"the kernel summary takes {self.x_train.shape[1]} input values per image, "
                                 f"got {flat.shape[1]}")
-        d2 = ((flat ** 2).sum(dim=1)[:, None] + self.norms - 2 * flat @ self.x_train.T).clamp_min(0)
-        gram = torch.exp(-self.kernel.gamma / flat.shape[1] * d2)
+        gram = torch.exp(-self.kernel.gamma / flat.shape[1] * squared_distances(flat, self.x_train, self.norms))
         return (gram @ self.coef * self.y_std + self.y_mean).float()
 
 
