@@ -48,11 +48,6 @@ def infer_cmd(
         emit_json({"run": str(out), "theta": run.names, **summary})
         return
     best = summary["best"]
-    if summary.get("summariser"):
-        k = summary["summariser"]
-        console.print(f"kernel summaries: gamma {k['gamma']:.3g}, alpha {k['alpha']:.1e}, MAE in prior-box units "
-                      f"{k['val_mae_box']:.3f} (validation draws) / {k['cross_fitted_mae_box']:.3f} (cross-fitted "
-                      f"over {k['folds']} folds of training draws)", highlight=False)
     console.print(f"{len(best['members'])} flow(s): best epochs {', '.join(map(str, best['epoch']))} (stopped: "
                   f"{', '.join(best['stopped'])}), mean val NLL {best['val_nll']:.3f}, fit {best['fit_s']:.0f} s",
                   highlight=False)

@@ -688,9 +688,9 @@ def fit_summariser(x_train: torch.Tensor, z_train: torch.Tensor, x_val: torch.Te
               "cross_fitted_mae_box": float(np.mean(np.abs(cross - z_train.numpy()))),
               "folds": min(n_folds, len(set(groups))), "fit_s": time.perf_counter() - t0}
     if progress:
-        print(f"kernel summaries: gamma {kernel.gamma:.3g}, alpha {kernel.alpha:.1e}, MAE in box units "
-              f"{record['val_mae_box']:.3f} (validation) / {record['cross_fitted_mae_box']:.3f} (cross-fitted "
-              f"training), {record['fit_s']:.0f} s", flush=True)
+        print(f"kernel summaries: gamma {kernel.gamma:.3g}, alpha {kernel.alpha:.1e}, MAE in prior-box units "
+              f"{record['val_mae_box']:.3f} (validation draws) / {record['cross_fitted_mae_box']:.3f} (training "
+              f"draws, cross-fitted over {record['folds']} folds), {record['fit_s']:.0f} s", flush=True)
     return KernelSummary(kernel), torch.from_numpy(cross.astype(np.float32)), record
 
 
