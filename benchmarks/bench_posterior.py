@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +38,17 @@ def latency(run, images, n_samples: int = 1000, threads: int = 2) -> dict:
         times.append(1e3 * (time.perf_counter() - t0))
     return {"threads": threads, "n_samples": n_samples, "median_ms": float(np.median(times)),
             "p90_ms": float(np.quantile(times, 0.9)), "n": len(times)}
+
+
+def fresh_latency(run_dir: Path, data: Path, keys: list[str], threads: int = 2) -> dict:
+    """:func:`latency` in a fresh Python process that loads the run from disk, as ``moirestm predict`` does
+    (predictions inside this long benchmark process run slower: docs/benchmarks.md, sessions 11-12)."""
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import torch; from bench_posterior import latency, "
+            "_images; from moirestm.learn.posterior import PosteriorRun; "
+            f"run = PosteriorRun.load({str(run_dir)!r}); "
+            f"print(json.dumps(latency(run, _images({str(data)!r}, {keys!r}), threads={threads})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -84,7 +97,8 @@ def main() -> None:
               "summariser": run.summary.get("summariser"),
               "val_warnings": run.summary["warnings"], "test": metrics, "ood_detection": detection,
               "independent": independent,
-              "latency": [latency(run, images, threads=t) for t in (2, 1)]}
+              "latency": [latency(run, images, threads=t) for t in (2, 1)],
+              "latency_fresh_process": fresh_latency(args.out, data, run.split.test[:30])}
     name = (Path(data).stem + ("" if args.augment == "clean" else f"-{args.augment}")
             + ("" if not args.balance else f"-balance{args.balance:g}")
             + ("" if args.ensemble is None else f"-ensemble{args.ensemble}")
@@ -130,6 +144,9 @@ def main() -> None:
     for lat in result["latency"]:
         print(f"| predict, 1000 samples, {lat['threads']} thread(s) | {lat['median_ms']:.1f} ms median, "
               f"{lat['p90_ms']:.1f} ms p90 |")
+    lat = result["latency_fresh_process"]
+    print(f"| predict, 1000 samples, 2 threads, fresh process | {lat['median_ms']:.1f} ms median, "
+          f"{lat['p90_ms']:.1f} ms p90 |")
     print(f"written {out}")
 
 
