@@ -42,7 +42,8 @@ def latency(run, images, n_samples: int = 1000, threads: int = 2) -> dict:
 
 def fresh_latency(run_dir: Path, data: Path, keys: list[str], threads: int = 2) -> dict:
     """:func:`latency` in a fresh Python process that loads the run from disk, as ``moirestm predict`` does
-    (predictions inside this long benchmark process run slower: docs/benchmarks.md, sessions 11-12)."""
+    (this long benchmark process has measured slower predictions than fresh ones: docs/benchmarks.md,
+    sessions 11-12)."""
     code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import torch; from bench_posterior import latency, "
             "_images; from moirestm.learn.posterior import PosteriorRun; "
             f"run = PosteriorRun.load({str(run_dir)!r}); "
@@ -81,10 +82,9 @@ def main() -> None:
         make_toy_prior_store(args.out.parent / "toy-sbi-far.h5", n_draws=30, priors=far, size=64, seed=7)
         others = {"distance beyond the prior": args.out.parent / "toy-sbi-far.h5", **others}
     t0 = time.perf_counter()
-    run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes,
-                **({} if args.embedding is None else {"embedding": args.embedding}), augment=args.augment, balance=args.balance, point_max_minutes=args.point_max_minutes,
-                **({} if args.ensemble is None else {"ensemble": args.ensemble}),
-                progress=False)
+    registry_overrides = {k: v for k, v in (("embedding", args.embedding), ("ensemble", args.ensemble)) if v is not None}
+    run = infer(data, args.out, overwrite=True, max_minutes=args.max_minutes, augment=args.augment,
+                balance=args.balance, point_max_minutes=args.point_max_minutes, progress=False, **registry_overrides)
     wall = time.perf_counter() - t0
     metrics = evaluate_posterior(run, part="test")
     detection = ood_detection(run, others=others)

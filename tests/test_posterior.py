@@ -457,3 +457,8 @@ def test_kernel_summaries_refuse_too_few_draws_or_too_many_images(tmp_path, monk
     monkeypatch.undo()
     with pytest.raises(MoireSTMError, match="at least 2 draws"):  # 3 draws: one each for train, val, test
         infer(MemoryStore(3, 4), tmp_path / "few", point=False, progress=False, epochs=1, input_size=8)
+    no_ids = MemoryStore(40, 4)
+    split = draw_split(no_ids)  # a user's split of a store whose samples do not record their draw
+    no_ids.params = lambda key: {k: v for k, v in MemoryStore.params(no_ids, key).items() if k != "draw_id"}
+    with pytest.raises(MoireSTMError, match="has no draw_id: embedding 'kernel' cross-fits over draws"):
+        infer(no_ids, tmp_path / "no-ids", split=split, point=False, progress=False, epochs=1, input_size=8)

@@ -1,9 +1,9 @@
 """Attribution of the reported quantity of a posterior run: the posterior mean of U.
 
 The posterior mean is made differentiable in the input by fixing the flow's base noise
-(``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))`` (``embed``: the member's network, or the run's shared
-kernel summaries) (averaged over the members of
-an ensemble run: the mean of an equal-weight mixture is the mean of its members' means) with the samples
+(``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))``, with ``embed`` the member's
+network or the run's shared kernel summaries, averaged over the members of an ensemble run (the mean
+of an equal-weight mixture is the mean of its members' means), with the samples
 clamped into the prior box (box rejection is not differentiable; clamping moves the estimate by
 the leaked mass only).  Integrated gradients, guided backprop and Grad-CAM (captum, through
 :func:`moirestm.explain.attribution.attribution_maps`) then explain the number the run reports,

@@ -6,8 +6,8 @@ on the run's test draws and the detection rate on sets that lie outside the trai
 blank images (all zero), saturated images (every pixel at the image maximum, a pegged
 detector), the held-out images with each artefact preset never trained on (default ``noisy``
 and ``symb``, FT space; with the rms change each artefact draw made to the normalised input, for
-the flagged and the unflagged images apart: a preset's weakest draws barely alter an image), and every sample of any other store given (e.g. a distance beyond the prior, another
-twist index).  Where such a store records U, the U posterior of the images *not* flagged is
+the flagged and the unflagged images apart: a preset's weakest draws barely alter an image), and
+every sample of any other store given (e.g. a distance beyond the prior, another twist index).  Where such a store records U, the U posterior of the images *not* flagged is
 checked too (90 % central-interval coverage and median error): a miss that still gets U right is
 harmless, one that does not is a confident wrong answer.
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from ..errors import MoireSTMError
 from .augment import Augmenter
@@ -30,14 +31,17 @@ def _flag_summary(run: PosteriorRun, scores: np.ndarray) -> dict:
             "median_score": float(np.median(scores))}
 
 
-def _rate(run: PosteriorRun, images) -> dict:
-    return _flag_summary(run, run.ood_scores(batch_inputs(run.normalizer, images)))
+def _rate(run: PosteriorRun, x: torch.Tensor) -> dict:
+    """Flag rate of normalised inputs ``x``."""
+    return _flag_summary(run, run.ood_scores(x))
 
 
-def _rate_with_u(run: PosteriorRun, images, u_true: np.ndarray, seed: int, change: np.ndarray | None = None) -> dict:
+def _rate_with_u(run: PosteriorRun, x: torch.Tensor, u_true: np.ndarray, seed: int,
+                 change: np.ndarray | None = None) -> dict:
     """:func:`_rate` plus the U posterior's 90 % coverage and median error on the unflagged images (and, given
     each image's ``change`` from its clean original, the median change of the flagged and unflagged ones)."""
-    samples, scores = run.samples(images, seed=seed)
+    z, scores = run.sample_and_score(x, seed=seed)
+    samples = run.theta.decode(z)
     missed = scores <= run.ood["threshold"]
     out = {**_flag_summary(run, scores), "unflagged_u_coverage_90": None, "unflagged_u_mae_ev": None}
     if change is not None:
@@ -70,17 +74,17 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
     st = open_store(source)
     keys = run.split.test
     images = [run.normalizer.check(im) for im in run.held_out_images(st, keys)]
-    result = {"threshold": run.ood["threshold"], "false_alarm_test": _rate(run, images), "sets": {}}
+    clean = batch_inputs(run.normalizer, images)
+    result = {"threshold": run.ood["threshold"], "false_alarm_test": _rate(run, clean), "sets": {}}
     sets = result["sets"]
-    sets["blank"] = _rate(run, [np.zeros_like(im) for im in images])
-    sets["saturated"] = _rate(run, [np.full_like(im, im.max()) for im in images])
-    clean = batch_inputs(run.normalizer, images).reshape(len(images), -1)
+    sets["blank"] = _rate(run, batch_inputs(run.normalizer, [np.zeros_like(im) for im in images]))
+    sets["saturated"] = _rate(run, batch_inputs(run.normalizer, [np.full_like(im, im.max()) for im in images]))
     u_test = np.array([float(st.params(k).get(DEFAULT_TARGET, np.nan)) for k in keys])
     for artefact in (a for a in artefacts if a != run.config.get("augment", "clean")):
         ds = ImageDataset(st, keys, run.normalizer, Augmenter(artefact), seed=seed)
-        altered = ds.augmented(range(len(keys)))
-        change = (batch_inputs(run.normalizer, altered).reshape(len(keys), -1) - clean).pow(2).mean(dim=1).sqrt()
-        sets[f"artefact:{artefact}"] = (_rate_with_u(run, altered, u_test, seed, change.numpy())
+        altered = batch_inputs(run.normalizer, ds.augmented(range(len(keys))))
+        change = (altered - clean).reshape(len(keys), -1).pow(2).mean(dim=1).sqrt().numpy()
+        sets[f"artefact:{artefact}"] = (_rate_with_u(run, altered, u_test, seed, change)
                                         if DEFAULT_TARGET in run.names and np.isfinite(u_test).all()
                                         else _rate(run, altered))
     for name, other in (others or {}).items():
@@ -88,10 +92,10 @@ def ood_detection(run: PosteriorRun | str | Path, store: Any = None,
         okeys = ost.keys(status="ok")
         if not okeys:
             raise MoireSTMError(f"out-of-family store {name!r} has no usable samples")
-        images = run.held_out_images(ost, okeys)
+        x = batch_inputs(run.normalizer, run.held_out_images(ost, okeys))
         u_true = [ost.params(k).get(DEFAULT_TARGET) for k in okeys]
-        sets[name] = (_rate_with_u(run, images, np.asarray(u_true, float), seed)
-                      if DEFAULT_TARGET in run.names and None not in u_true else _rate(run, images))
+        sets[name] = (_rate_with_u(run, x, np.asarray(u_true, float), seed)
+                      if DEFAULT_TARGET in run.names and None not in u_true else _rate(run, x))
     result["detection_min"] = min(s["flagged"] for s in sets.values())
     return result
 

@@ -215,6 +215,18 @@ def theta_of(store, keys: Sequence[str], priors: dict) -> Theta:
     return Theta(kept, np.array(low), np.array(high), priors, np.array(log, bool))
 
 
+def _draw_ids(store, keys: Sequence[str], why: str) -> list[int]:
+    """The ``draw_id`` of every sample; a sample without one is a one-line error saying ``why`` it is needed
+    (a draw split; the kernel summaries, cross-fitted over whole draws so that no fold leaks a draw's nuisances)."""
+    ids = []
+    for k in keys:
+        p = store.params(k)
+        if "draw_id" not in p:
+            raise MoireSTMError(f"sample {k} has no draw_id: {why}")
+        ids.append(int(p["draw_id"]))
+    return ids
+
+
 def draw_split(store, seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.15) -> Split:
     """Whole draws (``draw_id``) held out for validation and test: no held-out image shares its
     nuisance values with a training image.  Uses ``make_split(kind="draw")`` where the data module has it."""
@@ -223,12 +235,7 @@ def draw_split(store, seed: int = 0, val_fraction: float = 0.15, test_fraction: 
     if "draw" in data.SPLITS:
         return make_split(store, "draw", seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     keys = sorted(store.keys(status="ok"))
-    ids = []
-    for k in keys:
-        p = store.params(k)
-        if "draw_id" not in p:
-            raise MoireSTMError(f"sample {k} has no draw_id: a draw split needs a store drawn from priors")
-        ids.append(int(p["draw_id"]))
+    ids = _draw_ids(store, keys, "a draw split needs a store drawn from priors")
     draws = np.unique(ids)
     n_test = max(1, int(round(len(draws) * test_fraction)))
     n_val = max(1, int(round(len(draws) * val_fraction)))
@@ -625,7 +632,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     summariser, summaries, summary = None, None, {}
     flow_train, flow_val = (x_train if augmenter is None else train_inputs), x_val
     if cfg.embedding == "kernel":
-        groups = [st.params(k).get("draw_id", i) for i, k in enumerate(split.train)]
+        groups = _draw_ids(st, split.train, "embedding 'kernel' cross-fits over draws; use a store drawn from priors")
         summariser, summaries, summary["summariser"] = fit_summariser(x_train, z_train, x_val, z_val, groups, progress)
         est_config["embedding_dim"] = summaries.shape[1]
         with torch.inference_mode():
