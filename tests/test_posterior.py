@@ -420,7 +420,7 @@ def test_ensemble_posterior_is_the_equal_mixture_of_its_members(trained):
     x = batch_inputs(run.normalizer, [store.image(k) for k in run.split.test[:20]])
     both = run.sample_z(x, 2000, seed=5)[..., 0]
     inputs = x if run.summariser is None else run.summariser(x)
-    one = [_sample_in_box(_flow(e), _flow(e)._embedding_net(inputs), 2000)[..., 0] for e in run.estimators]
+    one = [_sample_in_box(_flow(e), _flow(e)._embedding_net(inputs), 2000)[0][..., 0] for e in run.estimators]
     assert np.max(np.abs(one[0].mean(axis=1) - one[1].mean(axis=1))) > 1e-3  # the members are not copies
     means, variances = np.array([o.mean(axis=1) for o in one]), np.array([o.var(axis=1) for o in one])
     np.testing.assert_allclose(both.mean(axis=1), means.mean(axis=0), atol=0.02)  # MC sd ~0.1 / sqrt(1000)

@@ -439,12 +439,13 @@ class PosteriorRun:
                 inputs = x[rows]
                 if self.summariser is not None:
                     inputs = summaries[rows] if summaries is not None else self.summariser(inputs)
-                contexts = []
+                contexts, accept = [], None
                 for m, estimator in enumerate(self.estimators):
                     flow = _flow(estimator)
                     contexts.append(flow._embedding_net(inputs))
                     if shares[m]:
-                        out[rows, starts[m]:starts[m + 1]] = _sample_in_box(flow, contexts[-1], int(shares[m]))
+                        out[rows, starts[m]:starts[m + 1]], accept = _sample_in_box(
+                            flow, contexts[-1], int(shares[m]), accept)
                 embedded.append((inputs if self.summariser is not None else torch.cat(contexts, dim=1)).numpy())
         if not embeddings:
             return out
@@ -465,25 +466,32 @@ def _flow(estimator):
     if not all(hasattr(flow, a) for a in ("_embedding_net", "_transform", "_distribution")) or not isinstance(
             flow._distribution, StandardNormal):
         raise MoireSTMError("this posterior run's estimator is not an nflows flow with a standard-normal base")
-    return flow.eval()
+    return flow.eval() if flow.training else flow  # eval() walks every submodule: ~1 ms a call
 
 
 @torch.inference_mode()
-def _sample_in_box(flow, context: torch.Tensor, n_samples: int) -> np.ndarray:
+def _sample_in_box(flow, context: torch.Tensor, n_samples: int, accept: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """``(len(context), n_samples, d)`` samples of one flow at embedded ``context``, rejected outside ``[-1, 1]^d``
-    (clamped after five rounds).  Each image's draw in a round is what it still needs over its acceptance
-    rate so far (first round: twice the need; later: 20 % more, at most 4 ``n_samples``, so that an image whose flow
-    leaves the box, e.g. a blank one, costs a bounded effort): a flow pass
-    costs little more for more samples, and another round costs a whole pass."""
+    (clamped after five rounds), and each image's acceptance rate.
+
+    Each image's draw in a round is what it still needs over its expected acceptance rate, with a margin
+    (twice the need in a first round without an estimate, 25 % more otherwise), at most 4 ``n_samples``, so that
+    an image whose flow leaves the box, e.g. a blank one, costs a bounded effort.  ``accept``: the rates another
+    ensemble member measured on the same images, so that each later member mostly needs a single flow pass (a
+    pass costs little more for more samples; another round costs a whole pass).
+    """
     kept = [[] for _ in range(len(context))]
     need = np.full(len(context), n_samples)
-    accept = np.full(len(context), 0.5)
+    measured = accept is not None
+    accept = np.full(len(context), 0.5) if accept is None else np.maximum(accept, 0.02)
     d = flow._distribution._shape[0]
     for round_ in range(6):
         todo = np.flatnonzero(need > 0)
         if not len(todo):
             break
-        counts = np.minimum(need[todo] / accept[todo] * (1.0 if round_ == 0 else 1.2), 4 * n_samples).astype(int) + 8
+        margin = 1.0 if round_ == 0 and not measured else 1.25
+        counts = np.minimum(need[todo] / accept[todo] * margin, 4 * n_samples).astype(int) + 8
         noise = torch.randn(int(counts.sum()), d)
         s, _ = flow._transform.inverse(noise, context=context[todo].repeat_interleave(torch.from_numpy(counts), dim=0))
         for i, si in zip(todo, torch.split(s, counts.tolist())):
@@ -492,7 +500,7 @@ def _sample_in_box(flow, context: torch.Tensor, n_samples: int) -> np.ndarray:
             si = si.clamp(-1, 1) if round_ == 5 else si[inside]
             kept[i].append(si[:need[i]])
             need[i] -= len(kept[i][-1])
-    return np.stack([torch.cat(parts)[:n_samples].numpy() for parts in kept])
+    return np.stack([torch.cat(parts)[:n_samples].numpy() for parts in kept]), accept
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
