@@ -63,3 +63,16 @@ def test_check_range_and_unknown_names():
 
 def test_atom_count():
     assert atoms_for_index(9) == 1084 and atoms_for_index(200) == 482404
+
+
+def test_command_defaults_are_valid_registered_values():
+    """Each command's own defaults lie in the registry's ranges, and the configs take theirs from the registry."""
+    from moirestm.learn.posterior import PosteriorConfig
+    from moirestm.learn.train import TrainConfig
+    from moirestm.parameters import COMMAND_DEFAULTS, default_of, validate
+
+    for command, values in COMMAND_DEFAULTS.items():
+        for name, value in values.items():
+            assert validate(name, value, command) == value
+    assert PosteriorConfig().epochs == COMMAND_DEFAULTS["infer"]["epochs"] != TrainConfig().epochs
+    assert TrainConfig().lr == default_of("lr") and PosteriorConfig().embedding == default_of("embedding")

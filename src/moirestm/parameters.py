@@ -307,6 +307,19 @@ def parameter(name: str) -> Parameter:
         raise MoireSTMError(f"unknown parameter {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
 
 
+#: Defaults of one command where they differ from the registry's (the registry's are the point network's, ``train``).
+COMMAND_DEFAULTS: dict[str, dict] = {
+    # flows: sbi's NPE training learning rate (5e-4) and early stopping (20 epochs without improvement, here 25),
+    # sbi.inference.NPE.train; larger batches and a longer epoch budget than the point network's
+    "infer": {"epochs": 300, "batch_size": 64, "lr": 5e-4, "weight_decay": 1e-5, "patience": 25},
+}
+
+
+def default_of(name: str, command: str | None = None):
+    """The default of ``name``; for ``command``, that command's own where it has one (:data:`COMMAND_DEFAULTS`)."""
+    return COMMAND_DEFAULTS.get(command or "", {}).get(name, parameter(name).default)
+
+
 def canonical(name: str) -> str:
     """The canonical spelling of ``name`` (``kgrid`` -> ``scf_kgrid``)."""
     p = parameter(name)

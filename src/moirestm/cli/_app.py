@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from ..errors import MoireSTMError
-from ..parameters import REGISTRY, parameter
+from ..parameters import REGISTRY, default_of, parameter
 
 #: Commands in pipeline order (lattice -> tight binding -> mean field -> observables -> datasets ->
 #: learning -> explanation -> measured maps); commands not listed follow in registration order.
@@ -78,17 +78,18 @@ _UNSET = object()
 
 
 def option(name: str, *decls: str, default=_UNSET, flag: str | None = None, help: str | None = None,
-           **kwargs):
+           command: str | None = None, **kwargs):
     """A typer Option for the registered parameter ``name``: its flag, default, help and range.
 
-    ``decls`` are extra (legacy or short) flags; ``default`` overrides the registry default for one
+    ``decls`` are extra (legacy or short) flags; ``command`` takes that command's own default from
+    :data:`~moirestm.parameters.COMMAND_DEFAULTS`; ``default`` overrides the registry default for one
     command. The function parameter must be called ``name`` (or ``name`` + ``_min``/``_max``) so
     that :func:`friendly` validates it.
     """
     p = parameter(name)
     rng = "" if p.kind == "bool" else f" Valid: {p.range_text()}."
     text = (help or p.help[:1].upper() + p.help[1:]) + "." + rng
-    value = p.default if default is _UNSET else default
+    value = default_of(name, command) if default is _UNSET else default
     flag = flag or p.flag
     decls = tuple(d for d in dict.fromkeys(decls) if d != flag)
     if p.kind == "bool":

@@ -16,15 +16,18 @@ from ._app import app, console, emit_json, friendly, option, result_console
 def infer_cmd(
     data: Path = typer.Argument(..., help="dataset store drawn from priors"),
     out: Path = typer.Option(Path("runs/posterior"), "--out", "-o", help="posterior run directory"),
-    flow: str = typer.Option("nsf", help="normalizing flow: nsf (neural spline) or maf"),
-    epochs: int = typer.Option(300, help="maximum training epochs"),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="training time budget (minutes)"),
-    seed: int = typer.Option(0, help="split and initialisation seed"),
-    point: bool = typer.Option(True, "--point/--no-point", help="also train the point baseline on the same split"),
-    point_max_minutes: Optional[float] = typer.Option(None, "--point-max-minutes",
-                                                      help="time budget of the point baseline (minutes)"),
-    augment: str = typer.Option("clean", help="STM-artefact preset of the training family (clean, mild, symb, "
-                                             "noisy): train on the artefacts the measurements carry"),
+    flow: str = option("flow"),
+    epochs: int = option("epochs", command="infer"),
+    batch_size: int = option("batch_size", command="infer"),
+    lr: float = option("lr", command="infer"),
+    patience: int = option("patience", command="infer",
+                           help="Early-stopping patience (epochs without a better validation NLL)"),
+    max_minutes: Optional[float] = option("max_minutes"),
+    seed: int = option("seed", help="Split and initialisation seed"),
+    point: bool = option("point"),
+    point_max_minutes: Optional[float] = option("point_max_minutes"),
+    augment: str = option("augment", help="STM-artefact preset of the training family: train on the artefacts "
+                                          "the measurements carry"),
     balance: float = option("balance"),
     ensemble: int = option("ensemble"),
     embedding: str = option("embedding"),
@@ -40,7 +43,8 @@ def infer_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    run = infer(data, out, overwrite=overwrite, flow=flow, epochs=epochs, max_minutes=max_minutes, seed=seed,
+    run = infer(data, out, overwrite=overwrite, flow=flow, epochs=epochs, batch_size=batch_size, lr=lr,
+                patience=patience, max_minutes=max_minutes, seed=seed,
                 point=point, point_max_minutes=point_max_minutes, augment=augment, balance=balance,
                 ensemble=ensemble, embedding=embedding, progress=not json_out)
     summary = run.summary

@@ -42,7 +42,7 @@ import torch
 from .. import __version__
 from ..errors import MoireSTMError
 from ..io import output_dir, write_json
-from ..parameters import parameter, validate
+from ..parameters import default_of, validate
 from .data import DEFAULT_TARGET, Normalizer, Split, batch_inputs, make_split, open_store, store_path
 from .models import DEFAULT_INPUT_SIZE, build_model, count_parameters
 from .run import _atomic_save, _load_checkpoint, load_strict
@@ -82,34 +82,34 @@ SUMMARY_FOLDS = 5
 class PosteriorConfig:
     """Hyper-parameters of :func:`infer` (all saved with the run)."""
 
-    flow: str = "nsf"
+    flow: str = default_of("flow")
     #: ``kernel``: cross-fitted pixel-kernel-ridge summaries shared by the flows; ``cnn``/``mlp``/``resnet18``:
     #: a network embedding per flow, trained end to end
-    embedding: str = field(default_factory=lambda: parameter("embedding").default)
+    embedding: str = default_of("embedding")
     embedding_dim: int = 32
     width: int = 16
     dropout: float = 0.0
     hidden_features: int = 64
     num_transforms: int = 4
-    epochs: int = 300
-    batch_size: int = 64
-    lr: float = 5e-4
-    weight_decay: float = 1e-5
-    patience: int = 25
-    seed: int = 0
-    input_size: int | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    max_minutes: float | None = None
+    epochs: int = default_of("epochs", "infer")
+    batch_size: int = default_of("batch_size", "infer")
+    lr: float = default_of("lr", "infer")
+    weight_decay: float = default_of("weight_decay", "infer")
+    patience: int = default_of("patience", "infer")
+    seed: int = default_of("seed")
+    input_size: int | None = default_of("input_size")
+    val_fraction: float = default_of("val_fraction")
+    test_fraction: float = default_of("test_fraction")
+    max_minutes: float | None = default_of("max_minutes")
     n_samples: int = N_SAMPLES
     ood_false_alarm: float = 0.05
-    point: bool = True
-    point_max_minutes: float | None = None
-    augment: str = "clean"
+    point: bool = default_of("point")
+    point_max_minutes: float | None = default_of("point_max_minutes")
+    augment: str = default_of("augment")
     #: weight of the balancing penalty of balanced NPE (0: plain maximum likelihood; see :func:`_balance_penalty`)
-    balance: float = field(default_factory=lambda: parameter("balance").default)
+    balance: float = default_of("balance")
     #: flows trained from different initialisations; the posterior is their equal-weight mixture
-    ensemble: int = field(default_factory=lambda: parameter("ensemble").default)
+    ensemble: int = default_of("ensemble")
 
     def to_dict(self) -> dict:
         return asdict(self)

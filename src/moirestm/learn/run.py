@@ -21,6 +21,7 @@ import torch
 
 from ..errors import MoireSTMError
 from ..io import Result
+from ..parameters import default_of
 from .data import Normalizer, Split
 from .kernel import KernelBlend
 from .models import build_model
@@ -31,7 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 LAST = "last.pt"
 
 #: Number of dropout masks used for the predictive spread.
-MC_SAMPLES = 32
+MC_SAMPLES = default_of("mc_samples")
 
 
 def _enable_dropout(model: torch.nn.Module) -> None:

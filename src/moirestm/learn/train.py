@@ -25,14 +25,14 @@ import torch
 from .. import __version__
 from ..errors import MoireSTMError
 from ..io import output_dir, write_json
-from ..parameters import REGISTRY, parameter
+from ..parameters import REGISTRY, default_of, parameter
 from .augment import Augmenter
 from .data import (DEFAULT_TARGET, ImageDataset, Normalizer, Split, batch_inputs, check_standardise, make_split,
                    open_store, store_path, targets_of)
 from .kernel import KERNEL_MAX_TRAIN, KernelBlend
 from .models import DEFAULT_INPUT_SIZE, MODELS, build_model, count_parameters
 from .predict import fit_calibration
-from .run import (CHECKPOINT, LAST, MC_SAMPLES, Run, RunInfo, _atomic_save, _load_checkpoint, blend_mean,
+from .run import (CHECKPOINT, LAST, Run, RunInfo, _atomic_save, _load_checkpoint, blend_mean,
                   blend_parts, calibrated_sigma, load_strict, mc_dropout)
 
 #: Final learning rate of the cosine schedule, as a fraction of the initial one.
@@ -54,30 +54,30 @@ LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss
 class TrainConfig:
     """Hyper-parameters of a training run (all saved with the run)."""
 
-    model: str = "cnn"
-    split: str = "group"
+    model: str = default_of("model")
+    split: str = default_of("split")
     targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
-    epochs: int = 60
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 15
-    min_epochs: int = 20
-    seed: int = 0
-    augment: str = "clean"
-    augment_space: str = "ft"
-    symmetry: bool = False
-    input_size: int | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    max_minutes: float | None = None
-    mc_samples: int = MC_SAMPLES
+    epochs: int = default_of("epochs")
+    batch_size: int = default_of("batch_size")
+    lr: float = default_of("lr")
+    weight_decay: float = default_of("weight_decay")
+    patience: int = default_of("patience")
+    min_epochs: int = default_of("min_epochs")
+    seed: int = default_of("seed")
+    augment: str = default_of("augment")
+    augment_space: str = default_of("augment_space")
+    symmetry: bool = default_of("symmetry")
+    input_size: int | None = default_of("input_size")
+    val_fraction: float = default_of("val_fraction")
+    test_fraction: float = default_of("test_fraction")
+    max_minutes: float | None = default_of("max_minutes")
+    mc_samples: int = default_of("mc_samples")
     model_options: dict = field(default_factory=dict)
-    device: str = "cpu"
-    loss: str = "mse"
-    standardise: str = "global"
-    channels: str | None = None
-    kernel: bool = True
+    device: str = default_of("device")
+    loss: str = default_of("loss")
+    standardise: str = default_of("standardise")
+    channels: str | None = default_of("channels")
+    kernel: bool = default_of("kernel")
 
     #: fields that may differ when resuming
     RESUMABLE = ("epochs", "max_minutes", "patience", "min_epochs", "device")
