@@ -501,3 +501,17 @@ def test_kernel_summaries_refuse_too_few_draws_or_too_many_images(tmp_path, monk
     no_ids.params = lambda key: {k: v for k, v in MemoryStore.params(no_ids, key).items() if k != "draw_id"}
     with pytest.raises(MoireSTMError, match="has no draw_id: embedding 'kernel' cross-fits over draws"):
         infer(no_ids, tmp_path / "no-ids", split=split, point=False, progress=False, epochs=1, input_size=8)
+
+
+def test_conformal_threshold_holds_its_false_alarm_rate():
+    """A new score exchangeable with n = 50 validation scores exceeds the split-conformal 95 % quantile with
+    probability (n + 1 - 49) / (n + 1) = 0.039 exactly; 4000 repetitions (sd 0.003).  Too few scores: inf, or
+    the largest score where a threshold must flag the extremes."""
+    from moirestm.learn.posterior import conformal_quantile
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4000, 51))
+    rate = np.mean([s[50] > conformal_quantile(s[:50], 0.95) for s in scores])
+    assert 0.029 <= rate <= 0.05, rate
+    assert conformal_quantile(np.arange(10.0), 0.95) == np.inf
+    assert conformal_quantile(np.arange(10.0), 0.95, at_most_max=True) == 9.0

@@ -919,7 +919,7 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
     ood["reader_sd"] = np.maximum((_box_reading(ood, coords) - z_train).std(axis=0), 1e-6)
     ood["consistency_scale"] = float(np.median(_consistency(ood, coords, residual, z_median))) or 1.0
     _, val = run.sample_and_score(x_val, n_samples, seed, ood)
-    ood["threshold"] = float(np.quantile(val, 1 - false_alarm))
+    ood["threshold"] = conformal_quantile(val, 1 - false_alarm, at_most_max=True)
     return ood
 
 
@@ -935,11 +935,15 @@ def coverage_warnings(metrics: dict) -> list[str]:
     return [f"90 % interval coverage on {metrics['n']} held-out images outside {lo}-{hi}: {parts}"]
 
 
-def conformal_quantile(scores: np.ndarray, level: float) -> float:
-    """Split-conformal quantile: the ``ceil((n + 1) level)``-th smallest score (inf if n is too small)."""
+def conformal_quantile(scores: np.ndarray, level: float, at_most_max: bool = False) -> float:
+    """Split-conformal quantile: the ``ceil((n + 1) level)``-th smallest score, so that a new score exchangeable
+    with these exceeds it with probability at most ``1 - level`` (inf if n is too small for that; with
+    ``at_most_max``, the largest score instead: an out-of-family threshold must still flag the extremes)."""
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     k = int(math.ceil((len(scores) + 1) * level))
-    return float("inf") if k > len(scores) else float(scores[k - 1])
+    if k > len(scores):
+        return float(scores[-1]) if at_most_max else float("inf")
+    return float(scores[k - 1])
 
 
 def point_baseline(st, split: Split, out: Path, cfg: PosteriorConfig, progress: bool) -> dict:
