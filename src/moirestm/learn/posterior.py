@@ -46,6 +46,7 @@ from ..parameters import default_of, validate
 from .data import DEFAULT_TARGET, Normalizer, Split, batch_inputs, make_split, open_store, store_path
 from .models import DEFAULT_INPUT_SIZE, build_model, count_parameters
 from .run import _atomic_save, _load_checkpoint, load_strict
+from .stacked_flows import StackedSplineFlows
 
 #: nflows' LU layers call a deprecated torch solver on every pass; the warning says nothing to a user
 warnings.filterwarnings("ignore", message=r".*triangular_solve is deprecated.*", category=UserWarning)
@@ -76,6 +77,9 @@ FLOWS = ("nsf", "maf")
 KERNEL_INPUT_SIZE = DEFAULT_INPUT_SIZE["cnn"]
 #: folds of whole draws for the cross-fitted kernel summaries
 SUMMARY_FOLDS = 5
+#: expected fraction of a flow's samples inside the prior box before any is drawn (median 0.83-0.89 per
+#: member over demo-sbi's test images; 2x oversampling instead took 1.1x the prediction time, docs/benchmarks.md)
+FIRST_ACCEPTANCE = 0.8
 
 
 @dataclass
@@ -432,6 +436,8 @@ class PosteriorRun:
         embedded = []
         shares = np.diff(np.linspace(0, n_samples, self.n_members + 1).round().astype(int))
         starts = np.concatenate([[0], np.cumsum(shares)])
+        flows = [_flow(estimator) for estimator in self.estimators]
+        inverse = ensemble_inverse(flows)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for first in range(0, len(x), chunk):
@@ -439,14 +445,12 @@ class PosteriorRun:
                 inputs = x[rows]
                 if self.summariser is not None:
                     inputs = summaries[rows] if summaries is not None else self.summariser(inputs)
-                contexts, accept = [], None
-                for m, estimator in enumerate(self.estimators):
-                    flow = _flow(estimator)
-                    contexts.append(flow._embedding_net(inputs))
-                    if shares[m]:
-                        out[rows, starts[m]:starts[m + 1]], accept = _sample_in_box(
-                            flow, contexts[-1], int(shares[m]), accept)
-                embedded.append((inputs if self.summariser is not None else torch.cat(contexts, dim=1)).numpy())
+                contexts = torch.stack([flow._embedding_net(inputs) for flow in flows])
+                members = _sample_in_box(inverse, contexts, shares, flows[0]._distribution._shape[0])
+                for m, part in enumerate(members):
+                    out[rows, starts[m]:starts[m + 1]] = part
+                embedded.append((inputs if self.summariser is not None else
+                                 contexts.transpose(0, 1).reshape(len(inputs), -1)).numpy())
         if not embeddings:
             return out
         return out, np.concatenate(embedded) if embedded else np.empty((0, 0), np.float32)
@@ -469,38 +473,50 @@ def _flow(estimator):
     return flow.eval() if flow.training else flow  # eval() walks every submodule: ~1 ms a call
 
 
-@torch.inference_mode()
-def _sample_in_box(flow, context: torch.Tensor, n_samples: int, accept: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``(len(context), n_samples, d)`` samples of one flow at embedded ``context``, rejected outside ``[-1, 1]^d``
-    (clamped after five rounds), and each image's acceptance rate.
+def ensemble_inverse(flows: Sequence):
+    """The sampling pass ``(noise (M, N, d), context (M, N, c)) -> (M, N, d)`` of the ensemble's flows: one
+    batched pass for neural spline flows (:class:`~moirestm.learn.stacked_flows.StackedSplineFlows`), else
+    each flow's own."""
+    stacked = StackedSplineFlows.from_flows(flows)
+    if stacked is not None:
+        return stacked.inverse
+    return lambda noise, context: torch.stack([f._transform.inverse(n, context=c)[0]
+                                               for f, n, c in zip(flows, noise, context)])
 
-    Each image's draw in a round is what it still needs over its expected acceptance rate, with a margin
-    (twice the need in a first round without an estimate, 25 % more otherwise), at most 4 ``n_samples``, so that
-    an image whose flow leaves the box, e.g. a blank one, costs a bounded effort.  ``accept``: the rates another
-    ensemble member measured on the same images, so that each later member mostly needs a single flow pass (a
-    pass costs little more for more samples; another round costs a whole pass).
+
+@torch.inference_mode()
+def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) -> list[np.ndarray]:
+    """Per member ``m``, ``(n_images, shares[m], d)`` samples of its flow at embedded ``contexts[m]``
+    (``contexts``: ``(M, n_images, c)``; ``inverse``: :func:`ensemble_inverse`), rejected outside ``[-1, 1]^d``
+    (clamped after five rounds).
+
+    Each round is one pass of all members.  An image's draw in a round is what its members still need over
+    their acceptance rates so far (``FIRST_ACCEPTANCE`` before the first round), with a 25 % margin, at most
+    4 ``max(shares)``, so that an image whose flows leave the box, e.g. a blank one, costs a bounded effort: a
+    pass costs little more for more samples, and another round costs a whole pass.
     """
-    kept = [[] for _ in range(len(context))]
-    need = np.full(len(context), n_samples)
-    measured = accept is not None
-    accept = np.full(len(context), 0.5) if accept is None else np.maximum(accept, 0.02)
-    d = flow._distribution._shape[0]
+    n_members, n_images = contexts.shape[:2]
+    kept = [[[] for _ in range(n_images)] for _ in range(n_members)]
+    need = np.repeat(np.asarray(shares)[:, None], n_images, axis=1)
+    accept = np.full((n_members, n_images), FIRST_ACCEPTANCE)
     for round_ in range(6):
-        todo = np.flatnonzero(need > 0)
+        todo = np.flatnonzero(need.max(axis=0) > 0)
         if not len(todo):
             break
-        margin = 1.0 if round_ == 0 and not measured else 1.25
-        counts = np.minimum(need[todo] / accept[todo] * margin, 4 * n_samples).astype(int) + 8
-        noise = torch.randn(int(counts.sum()), d)
-        s, _ = flow._transform.inverse(noise, context=context[todo].repeat_interleave(torch.from_numpy(counts), dim=0))
-        for i, si in zip(todo, torch.split(s, counts.tolist())):
-            inside = (si.abs() <= 1).all(dim=1)
-            accept[i] = max(float(inside.float().mean()), 0.02)
-            si = si.clamp(-1, 1) if round_ == 5 else si[inside]
-            kept[i].append(si[:need[i]])
-            need[i] -= len(kept[i][-1])
-    return np.stack([torch.cat(parts)[:n_samples].numpy() for parts in kept]), accept
+        counts = np.minimum(need[:, todo] / accept[:, todo] * 1.25, 4 * need.max()).max(axis=0).astype(int) + 8
+        noise = torch.randn(n_members, int(counts.sum()), d)
+        s = inverse(noise, contexts[:, todo].repeat_interleave(torch.from_numpy(counts), dim=1))
+        inside = (s.abs() <= 1).all(dim=-1)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        for j, i in enumerate(todo):
+            for m in np.flatnonzero(need[:, i] > 0):
+                sm, im = s[m, bounds[j]:bounds[j + 1]], inside[m, bounds[j]:bounds[j + 1]]
+                accept[m, i] = max(float(im.float().mean()), 0.02)
+                sm = sm.clamp(-1, 1) if round_ == 5 else sm[im]
+                kept[m][i].append(sm[:need[m, i]])
+                need[m, i] -= len(kept[m][i][-1])
+    return [np.stack([torch.cat(parts)[:share].numpy() for parts in member]).reshape(n_images, share, d)
+            for member, share in zip(kept, shares)]
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
