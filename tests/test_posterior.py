@@ -467,6 +467,7 @@ def test_ensemble_posterior_is_the_equal_mixture_of_its_members(trained):
     np.testing.assert_allclose(both.mean(axis=1), means.mean(axis=0), atol=0.02)  # MC sd ~0.1 / sqrt(1000)
     mixture_var = variances.mean(axis=0) + means.var(axis=0)
     assert abs(np.median(both.var(axis=1) / mixture_var) - 1) < 0.1  # per image: MC sd of a variance ~0.05
+    assert run.sample_z(x[:3], 1).shape == (3, 1, len(run.names))  # fewer samples than members: one gives none
 
 
 def test_a_version_3_run_loads_as_an_ensemble_of_one(trained, tmp_path):

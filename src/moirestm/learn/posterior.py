@@ -498,12 +498,13 @@ def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) 
     n_members, n_images = contexts.shape[:2]
     kept = [[[] for _ in range(n_images)] for _ in range(n_members)]
     need = np.repeat(np.asarray(shares)[:, None], n_images, axis=1)
+    cap = 4 * int(np.max(shares))
     accept = np.full((n_members, n_images), FIRST_ACCEPTANCE)
     for round_ in range(6):
         todo = np.flatnonzero(need.max(axis=0) > 0)
         if not len(todo):
             break
-        counts = np.minimum(need[:, todo] / accept[:, todo] * 1.25, 4 * need.max()).max(axis=0).astype(int) + 8
+        counts = np.minimum(need[:, todo] / accept[:, todo] * 1.25, cap).max(axis=0).astype(int) + 8
         noise = torch.randn(n_members, int(counts.sum()), d)
         s = inverse(noise, contexts[:, todo].repeat_interleave(torch.from_numpy(counts), dim=1))
         inside = (s.abs() <= 1).all(dim=-1)
@@ -515,8 +516,8 @@ def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) 
                 sm = sm.clamp(-1, 1) if round_ == 5 else sm[im]
                 kept[m][i].append(sm[:need[m, i]])
                 need[m, i] -= len(kept[m][i][-1])
-    return [np.stack([torch.cat(parts)[:share].numpy() for parts in member]).reshape(n_images, share, d)
-            for member, share in zip(kept, shares)]
+    return [np.stack([torch.cat(parts)[:share].numpy() for parts in member]) if share else
+            np.empty((n_images, 0, d), np.float32) for member, share in zip(kept, shares)]
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
