@@ -538,3 +538,36 @@ def test_stacked_spline_flows_sample_as_each_member_does(trained):
     assert (noise.abs() > 3).any()
     torch.testing.assert_close(stacked.inverse(noise, context), own, atol=1e-4, rtol=1e-4)
     assert StackedSplineFlows.from_flows([_flow(build_estimator({**run.estimator_config, "flow": "maf"}))]) is None
+
+
+def test_cluster_robust_coverage_error_counts_solves_not_images():
+    """16 identical images per solve carry one solve's information: the error of the coverage is the binomial
+    one of the 100 solves, sqrt(c (1 - c) / 99), not of the 1600 images.  With partly correlated solves
+    (30 x 8 images) the error matches the spread of the coverage over 400 repetitions within 15 %."""
+    from moirestm.learn.calibration import interval_coverage
+
+    rng = np.random.default_rng(0)
+    per_solve = rng.normal(size=100)
+    truth = np.repeat(per_solve, 16)[:, None]
+    samples = rng.normal(size=(100, 1, 200)).repeat(16, axis=0).transpose(0, 2, 1)  # one posterior per solve
+    cover, se = interval_coverage(samples, truth, np.repeat(np.arange(100), 16))
+    c = cover["0.9"][0]
+    assert se["0.9"][0] == pytest.approx(np.sqrt(c * (1 - c) / 99), rel=1e-9)
+    groups = np.repeat(np.arange(30), 8)
+    estimates, errors = [], []
+    for _ in range(400):
+        theta = (rng.normal(size=30)[groups] + 0.7 * rng.normal(size=240))[:, None]
+        post = rng.normal(size=(240, 100, 1)) * np.sqrt(1 + 0.49)  # the marginal of theta: calibrated
+        cover, se = interval_coverage(post, theta, groups)
+        estimates.append(cover["0.68"][0])
+        errors.append(se["0.68"][0])
+    assert 0.85 <= np.std(estimates) / np.mean(errors) <= 1.15, (np.std(estimates), np.mean(errors))
+
+
+def test_coverage_warning_names_the_parameter_its_coverage_and_error():
+    from moirestm.learn.posterior import coverage_warnings
+
+    metrics = {"n": 40, "parameters": {"hubbard_u_ev": {"coverage": {"0.9": 0.8}, "coverage_se": {"0.9": 0.03}},
+                                       "dielectric": {"coverage": {"0.9": 0.9}, "coverage_se": {"0.9": 0.03}}}}
+    (line,) = coverage_warnings(metrics)
+    assert "hubbard_u_ev 0.800 ± 0.030 (under-dispersed)" in line and "dielectric" not in line

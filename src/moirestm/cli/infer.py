@@ -102,7 +102,8 @@ def evaluate_posterior_cmd(run: Path, data: Optional[Path], part: str, out: Opti
         c = m["coverage"]
         result_console.print(f"{name} on {result['part']} (n={result['n']}): median MAE {m['mae']:.4g}  RMSE "
                              f"{m['rmse']:.4g}  coverage 50/68/90/95 % {c['0.5']:.2f}/{c['0.68']:.2f}/"
-                             f"{c['0.9']:.2f}/{c['0.95']:.2f}  SBC KS p {m['sbc_ks_p']:.3g} "
+                             f"{c['0.9']:.2f}/{c['0.95']:.2f} (90 %: ± {m['coverage_se']['0.9']:.2f} over solves)  "
+                             f"SBC KS p {m['sbc_ks_p']:.3g} "
                              f"({result['n_solves']} solves)", highlight=False)
     ident = result["identifiability"]["identifiable_u"]
     result_console.print("U identifiable: " + (f"{ident['low']:.2f}-{ident['high']:.2f} eV (MAE {ident['u_mae']:.3g})"

@@ -37,13 +37,26 @@ SBC_MIN_SOLVES = 10
 CAUCHY_P_MAX = 0.999
 
 
-def interval_coverage(samples: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per level, the fraction of images whose truth lies in the central interval, per parameter."""
-    out = {}
+def interval_coverage(samples: np.ndarray, truth: np.ndarray, groups: np.ndarray | None = None
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per level, the fraction of images whose truth lies in the central interval, per parameter, and its
+    standard error.
+
+    With ``groups`` (the solve of every image, :func:`solve_groups`) the error is cluster-robust: images of
+    one solve count as one correlated block, ``se^2 = G / (G - 1) * sum_g (sum_{i in g} (c_i - c))^2 / n^2``
+    (Liang & Zeger, Biometrika 73, 13 (1986)); without (every image its own group), ``sqrt(c (1 - c) / (n - 1))``.
+    """
+    groups = np.unique(np.arange(len(truth)) if groups is None else np.asarray(groups), return_inverse=True)[1]
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    cover, se = {}, {}
     for level in COVERAGE_LEVELS:
         lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=1)
-        out[str(level)] = np.mean((truth >= lo) & (truth <= hi), axis=0)
-    return out
+        inside = ((truth >= lo) & (truth <= hi)).astype(float)
+        cover[str(level)] = inside.mean(axis=0)
+        sums = np.zeros((n_groups, inside.shape[1]))
+        np.add.at(sums, groups, inside - cover[str(level)])
+        se[str(level)] = np.sqrt((sums ** 2).sum(axis=0) * n_groups / max(n_groups - 1, 1)) / len(truth)
+    return cover, se
 
 
 def sbc(z_samples: np.ndarray, z_truth: np.ndarray) -> dict:
@@ -163,10 +176,10 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
     x = batch_inputs(run.normalizer, images)
     z, scores = run.sample_and_score(x, n_samples, seed)
     samples = run.theta.decode(z)
-    cover = interval_coverage(samples, truth)
+    groups = solve_groups(st, keys)
+    cover, cover_se = interval_coverage(samples, truth, groups)
     median = np.median(samples, axis=1)
     checks = sbc(z, run.theta.encode(truth)) if with_sbc else None
-    groups = solve_groups(st, keys)
     by_solve = sbc_ks_p_by_solve(checks["ranks"], groups, n_samples) if with_sbc else None
     out = {"n": len(keys), "n_solves": int(groups.max()) + 1, "n_samples": n_samples, "parameters": {}}
     for j, name in enumerate(run.names):
@@ -175,6 +188,7 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
             "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
             "mean_interval_68": float(np.mean(np.diff(np.quantile(samples[:, :, j], [0.16, 0.84], axis=1), axis=0))),
             "coverage": {level: float(c[j]) for level, c in cover.items()},
+            "coverage_se": {level: float(c[j]) for level, c in cover_se.items()},
             **({"sbc_ks_p": float(by_solve[j]), "sbc_ks_p_pooled_images": float(checks["ks_p"][j]),
                 "sbc_c2st": float(checks["c2st_ranks"][j])} if checks else {})}
     prior_sd = np.asarray([run.summary.get("prior_sd", {}).get(n, np.nan) for n in run.names])

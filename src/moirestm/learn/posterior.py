@@ -944,11 +944,12 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
 def coverage_warnings(metrics: dict) -> list[str]:
     """One line naming every parameter whose 90 % coverage lies outside ``CALIBRATED_90`` (none if all inside)."""
     lo, hi = CALIBRATED_90
-    outside = {name: m["coverage"]["0.9"] for name, m in metrics["parameters"].items()
-               if not lo <= m["coverage"]["0.9"] <= hi}
+    outside = {name: (m["coverage"]["0.9"], m.get("coverage_se", {}).get("0.9"))
+               for name, m in metrics["parameters"].items() if not lo <= m["coverage"]["0.9"] <= hi}
     if not outside:
         return []
-    parts = ", ".join(f"{name} {c:.3f} ({'over' if c > hi else 'under'}-dispersed)" for name, c in outside.items())
+    parts = ", ".join(f"{name} {c:.3f}{'' if se is None else f' ± {se:.3f}'} ({'over' if c > hi else 'under'}-dispersed)"
+                      for name, (c, se) in outside.items())
     return [f"90 % interval coverage on {metrics['n']} held-out images outside {lo}-{hi}: {parts}"]
 
 
