@@ -411,9 +411,8 @@ class PosteriorRun:
         """Posterior samples in box coordinates ``(n, n_samples, d)`` and out-of-family scores ``(n,)`` of
         normalised inputs, from one embedding pass per member (see :func:`fit_ood`; ``ood``: statistics to
         use instead of the run's own)."""
-        z, embedded, leak = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed,
-                                          ood_inputs=True)
-        return z, ood_score(ood or self.ood, embedded, x.reshape(len(x), -1).numpy(), np.median(z, axis=1), leak)
+        z, embedded = self.sample_z(x, n_samples or self.config.get("n_samples", N_SAMPLES), seed, embeddings=True)
+        return z, ood_score(ood or self.ood, embedded, x.reshape(len(x), -1).numpy(), np.median(z, axis=1))
 
     def ood_scores(self, x: torch.Tensor) -> np.ndarray:
         """Out-of-family scores ``(n,)`` of normalised inputs."""
@@ -421,12 +420,11 @@ class PosteriorRun:
 
     @torch.inference_mode()
     def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32,
-                 ood_inputs: bool = False, summaries: torch.Tensor | None = None
-                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 embeddings: bool = False, summaries: torch.Tensor | None = None
+                 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box
-        (with ``ood_inputs``, also what the out-of-family score needs from the way: the embedding of ``x``,
-        i.e. the shared summaries or every member's network embedding side by side, ``(n_images, n_members *
-        embedding_dim)``, and the flows' mass beyond the box per coordinate, ``(n_images, d)``).
+        (with ``embeddings``, also the embedding of ``x`` computed on the way: the shared summaries, or
+        every member's network embedding side by side, ``(n_images, n_members * embedding_dim)``).
 
         Each ensemble member gives an equal share of every image's samples (the first members one
         more where ``n_samples`` does not divide).  Images are sampled ``chunk`` at a time (one
@@ -435,7 +433,7 @@ class PosteriorRun:
         summariser's outputs for ``x`` when they are given (the cross-fitted ones of training images).
         """
         out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
-        embedded, leaks = [], []
+        embedded = []
         shares = np.diff(np.linspace(0, n_samples, self.n_members + 1).round().astype(int))
         starts = np.concatenate([[0], np.cumsum(shares)])
         flows = [_flow(estimator) for estimator in self.estimators]
@@ -448,17 +446,14 @@ class PosteriorRun:
                 if self.summariser is not None:
                     inputs = summaries[rows] if summaries is not None else self.summariser(inputs)
                 contexts = torch.stack([flow._embedding_net(inputs) for flow in flows])
-                members, leak = _sample_in_box(inverse, contexts, shares, flows[0]._distribution._shape[0])
+                members = _sample_in_box(inverse, contexts, shares, flows[0]._distribution._shape[0])
                 for m, part in enumerate(members):
                     out[rows, starts[m]:starts[m + 1]] = part
-                leaks.append(leak)
                 embedded.append((inputs if self.summariser is not None else
                                  contexts.transpose(0, 1).reshape(len(inputs), -1)).numpy())
-        if not ood_inputs:
+        if not embeddings:
             return out
-        if not embedded:
-            return out, np.empty((0, 0), np.float32), np.empty((0, len(self.names)))
-        return out, np.concatenate(embedded), np.concatenate(leaks)
+        return out, np.concatenate(embedded) if embedded else np.empty((0, 0), np.float32)
 
     def samples(self, images: Sequence[np.ndarray], n_samples: int | None = None, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray]:
@@ -490,11 +485,10 @@ def ensemble_inverse(flows: Sequence):
 
 
 @torch.inference_mode()
-def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) -> tuple[list[np.ndarray], np.ndarray]:
+def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) -> list[np.ndarray]:
     """Per member ``m``, ``(n_images, shares[m], d)`` samples of its flow at embedded ``contexts[m]``
     (``contexts``: ``(M, n_images, c)``; ``inverse``: :func:`ensemble_inverse`), rejected outside ``[-1, 1]^d``
-    (clamped after five rounds), and the leak ``(n_images, d)``: the members' mean fraction of first-round
-    samples beyond the box in each coordinate.
+    (clamped after five rounds).
 
     Each round is one pass of all members.  An image's draw in a round is what its members still need over
     their acceptance rates so far (``FIRST_ACCEPTANCE`` before the first round), with a 25 % margin, at most
@@ -506,7 +500,6 @@ def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) 
     need = np.repeat(np.asarray(shares)[:, None], n_images, axis=1)
     cap = 4 * int(np.max(shares))
     accept = np.full((n_members, n_images), FIRST_ACCEPTANCE)
-    leak = np.zeros((n_images, d))
     for round_ in range(6):
         todo = np.flatnonzero(need.max(axis=0) > 0)
         if not len(todo):
@@ -516,10 +509,6 @@ def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) 
         s = inverse(noise, contexts[:, todo].repeat_interleave(torch.from_numpy(counts), dim=1))
         inside = (s.abs() <= 1).all(dim=-1)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        if round_ == 0:
-            segment = torch.repeat_interleave(torch.arange(len(todo)), torch.from_numpy(counts))
-            beyond = torch.zeros(n_members, len(todo), d).index_add_(1, segment, (s.abs() > 1).float())
-            leak[todo] = (beyond.mean(dim=0) / torch.from_numpy(counts)[:, None]).numpy()
         for j, i in enumerate(todo):
             for m in np.flatnonzero(need[:, i] > 0):
                 sm, im = s[m, bounds[j]:bounds[j + 1]], inside[m, bounds[j]:bounds[j + 1]]
@@ -528,7 +517,7 @@ def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) 
                 kept[m][i].append(sm[:need[m, i]])
                 need[m, i] -= len(kept[m][i][-1])
     return [np.stack([torch.cat(parts)[:share].numpy() for parts in member]) if share else
-            np.empty((n_images, 0, d), np.float32) for member, share in zip(kept, shares)], leak
+            np.empty((n_images, 0, d), np.float32) for member, share in zip(kept, shares)]
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:
@@ -836,10 +825,6 @@ OOD_PCA_COMPONENTS = 32
 OOD_EMULATOR_RIDGE = 1.0
 #: ridge penalty of the linear reader from the standardised components to the true box coordinates
 OOD_READER_RIDGE = 1.0
-#: quantile of the training images' flow leak beyond the box that scales the leak part of the OOD score
-OOD_LEAK_QUANTILE = 0.99
-#: smallest leak scale (1 % of the samples: below it the Monte Carlo noise of ~1 500 first-round samples)
-OOD_LEAK_FLOOR = 0.01
 
 
 def _mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -903,25 +888,14 @@ def _box_excess(ood: dict, coords: np.ndarray) -> np.ndarray:
     return excess.max(axis=1)
 
 
-def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray, z_median: np.ndarray,
-              leak: np.ndarray) -> np.ndarray:
-    """The largest of four out-of-family distances: the embedding Mahalanobis distance and the consistency
-    distance (:func:`_consistency`) in units of their training medians, one plus the prior-box excess
-    (:func:`_box_excess`), each about 1 on a typical training image, and the flows' leak beyond the box
-    (:func:`_leak_excess`, below 1 on 99 % of the training images; absent from runs saved before it)."""
+def ood_score(ood: dict, embeddings: np.ndarray, pixels: np.ndarray, z_median: np.ndarray) -> np.ndarray:
+    """The largest of three out-of-family distances, each about 1 on a typical training image: the
+    embedding Mahalanobis distance and the consistency distance (:func:`_consistency`) in units of
+    their training medians, and one plus the prior-box excess (:func:`_box_excess`)."""
     emb = _mahalanobis(embeddings, ood["emb_mean"], ood["emb_precision"]) / ood["emb_scale"]
     coords, residual = _pca_coords(ood, pixels)
     consistency = _consistency(ood, coords, residual, z_median) / ood["consistency_scale"]
-    score = np.maximum(np.maximum(emb, consistency), 1.0 + _box_excess(ood, coords))
-    return score if "leak_scale" not in ood else np.maximum(score, _leak_excess(ood, leak))
-
-
-def _leak_excess(ood: dict, leak: np.ndarray) -> np.ndarray:
-    """The largest ratio, over the coordinates, of the flows' mass beyond the prior box to its scale (the
-    ``OOD_LEAK_QUANTILE`` quantile over the training images).  The flows are unbounded densities: an image
-    from beyond a prior's edge that looks like one at the edge still moves their mass past it, further than
-    in-family images at that edge do (docs/learning.md)."""
-    return np.max(leak / ood["leak_scale"], axis=1)
+    return np.maximum(np.maximum(emb, consistency), 1.0 + _box_excess(ood, coords))
 
 
 def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val: torch.Tensor, false_alarm: float,
@@ -929,22 +903,20 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
     """Out-of-family statistics of the training draws (inputs ``x_train``, true box coordinates
     ``z_train``) and the threshold at ``false_alarm`` on the validation draws.
 
-    Four distances (:func:`ood_score`): Mahalanobis of the flow's embedding (Ledoit-Wolf
+    Three distances (:func:`ood_score`): Mahalanobis of the flow's CNN embedding (Ledoit-Wolf
     covariance); the consistency of the image with its own posterior (:func:`_consistency`: a
     posterior predictive check against a quadratic emulator of the training images' leading
-    principal components); how far beyond the prior box a linear reading of the parameters lies
-    (:func:`_box_excess`); and how much of the flows' mass lies beyond the box (:func:`_leak_excess`).
-    An embedding can map a far-off input (a blank image) near the training cloud; noise or blur that
-    the embedding ignores leaves the image unlike any training image at the inferred parameters; an
-    image from just beyond a prior's edge looks like one at the edge, to a linear reading and to the
-    image distances, but not always to the flows.
+    principal components); and how far beyond the prior box a linear reading of the parameters lies
+    (:func:`_box_excess`).  An embedding can map a far-off input (a blank image) near the training
+    cloud; noise or blur that the embedding ignores leaves the image unlike any training image at
+    the inferred parameters; an image from just beyond a prior's edge looks like one at the edge.
     ``summaries``: the training images' cross-fitted summaries (``embedding="kernel"``), so that the
     training statistics see the summaries' errors on new draws rather than the kernel's fit of its own images.
     """
     from sklearn.covariance import LedoitWolf
     from sklearn.decomposition import PCA
 
-    z, emb, leak = run.sample_z(x_train, n_samples, seed, ood_inputs=True, summaries=summaries)
+    z, emb = run.sample_z(x_train, n_samples, seed, embeddings=True, summaries=summaries)
     z_median = np.median(z, axis=1)
     pixels = x_train.reshape(len(x_train), -1).numpy().astype(np.float64)
     pca = PCA(n_components=min(OOD_PCA_COMPONENTS, len(pixels) - 1, pixels.shape[1]), random_state=0).fit(pixels)
@@ -963,7 +935,6 @@ def fit_ood(run: PosteriorRun, x_train: torch.Tensor, z_train: np.ndarray, x_val
     ood["reader"] = _ridge(_reader_features(ood, coords), z_train, OOD_READER_RIDGE)
     ood["reader_sd"] = np.maximum((_box_reading(ood, coords) - z_train).std(axis=0), 1e-6)
     ood["consistency_scale"] = float(np.median(_consistency(ood, coords, residual, z_median))) or 1.0
-    ood["leak_scale"] = np.maximum(np.quantile(leak, OOD_LEAK_QUANTILE, axis=0), OOD_LEAK_FLOOR)
     _, val = run.sample_and_score(x_val, n_samples, seed, ood)
     ood["threshold"] = conformal_quantile(val, 1 - false_alarm, at_most_max=True)
     return ood
