@@ -571,3 +571,20 @@ def test_coverage_warning_names_the_parameter_its_coverage_and_error():
                                        "dielectric": {"coverage": {"0.9": 0.9}, "coverage_se": {"0.9": 0.03}}}}
     (line,) = coverage_warnings(metrics)
     assert "hubbard_u_ev 0.800 ± 0.030 (under-dispersed)" in line and "dielectric" not in line
+
+
+def test_rank_histogram_band_counts_the_solves():
+    """160 ranks from 10 solves: the +-2 sd band of a bin's count is 2 * 160 * sqrt(0.1 * 0.9 / 10) = 30.4 wide
+    on each side, not the 2 * sqrt(160 * 0.1 * 0.9) = 7.6 of 160 independent ranks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from moirestm.plot import figure
+    from moirestm.plot.posterior import rank_histograms
+
+    ranks = np.random.default_rng(0).integers(0, 100, (160, 1)).astype(float)
+    for n_independent, half_width in ((10, 2 * 160 * np.sqrt(0.09 / 10)), (None, 2 * np.sqrt(160 * 0.09))):
+        _, ax = figure()
+        rank_histograms(ranks, ["hubbard_u_ev"], 100, [ax], n_independent=n_independent)
+        band = ax.patches[-1].get_path().get_extents(ax.patches[-1].get_patch_transform())
+        assert band.height / 2 == pytest.approx(half_width, rel=1e-6)

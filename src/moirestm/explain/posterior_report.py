@@ -59,7 +59,8 @@ def posterior_section(run: Any, store: Any = None, n_examples: int = 6, tmp: Pat
                      ", ".join(f"{n} {v:+.2f}" for n, v in ident["corr_u"].items()) + ".</p>")
         plots = ev.get("plots", {})
         for name, caption in (("coverage", "empirical vs nominal coverage of central intervals"),
-                              ("sbc_ranks", "SBC rank histograms (grey: +-2 sd of a uniform histogram)"),
+                              ("sbc_ranks", "SBC rank histograms (grey: +-2 sd of a uniform histogram, with the solves as the "
+                                             "independent samples)"),
                               ("median_vs_truth", "posterior median with 68 % / 95 % intervals vs truth"),
                               ("contraction", "contraction (prior sd / posterior sd) per bin of true U")):
             if name in plots:

@@ -197,7 +197,7 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
     out["identifiability"] = identifiability(run, samples, truth, prior_sd)
     out["ood"] = {"threshold": run.ood["threshold"], "flagged": float(np.mean(scores > run.ood["threshold"]))}
     if keep:
-        out["_arrays"] = {"samples": samples, "truth": truth, "ood_scores": scores,
+        out["_arrays"] = {"samples": samples, "truth": truth, "ood_scores": scores, "n_solves": out["n_solves"],
                           **({"ranks": checks["ranks"]} if checks else {})}
     return out
 

@@ -27,13 +27,20 @@ def coverage_curve(samples: np.ndarray, truth: np.ndarray, names, ax=None):
     return ax
 
 
-def rank_histograms(ranks: np.ndarray, names, n_samples: int, axes=None, bins: int = 10):
-    """SBC rank histograms (uniform for a calibrated posterior; the band is +-2 binomial sd)."""
+def rank_histograms(ranks: np.ndarray, names, n_samples: int, axes=None, bins: int = 10,
+                    n_independent: int | None = None):
+    """SBC rank histograms (uniform for a calibrated posterior; the band is +-2 binomial sd of a bin's count).
+
+    ``n_independent``: how many independent samples the ranks hold (the solves, when each solve's images
+    share U and the draw); the band is then that of ``n_independent`` samples scaled to the count, as wide
+    as it is when a solve's ranks coincide.
+    """
     if axes is None:
         _, axes = figure(ncols=len(names), figsize=(2.6 * len(names), 2.6), squeeze=False)
         axes = axes[0]
     n = len(ranks)
-    expected, sd = n / bins, np.sqrt(n * (1 / bins) * (1 - 1 / bins))
+    independent = n if n_independent is None else max(min(int(n_independent), n), 1)
+    expected, sd = n / bins, n * np.sqrt((1 / bins) * (1 - 1 / bins) / independent)
     for j, (ax, name) in enumerate(zip(axes, names)):
         ax.hist(ranks[:, j], bins=bins, range=(0, n_samples), color="tab:blue", alpha=0.7)
         ax.axhspan(expected - 2 * sd, expected + 2 * sd, color="0.8", alpha=0.5)
@@ -89,7 +96,8 @@ def save_calibration_figures(arrays: dict, names, directory: Path, identifiabili
     out["coverage"] = str(save_figure(fig, directory / "coverage.png", overwrite=True))
     if "ranks" in arrays:
         fig, axes = figure(ncols=len(names), figsize=(2.6 * len(names), 2.6), squeeze=False)
-        rank_histograms(arrays["ranks"], names, arrays["samples"].shape[1], axes[0])
+        rank_histograms(arrays["ranks"], names, arrays["samples"].shape[1], axes[0],
+                        n_independent=arrays.get("n_solves"))
         fig.tight_layout()
         out["sbc_ranks"] = str(save_figure(fig, directory / "sbc_ranks.png", overwrite=True))
     fig, axes = figure(ncols=len(names), figsize=(2.9 * len(names), 2.9), squeeze=False)
