@@ -3,8 +3,8 @@
 :func:`calibration_metrics` draws ``n_samples`` posterior samples per image and reports, per
 parameter, the posterior-median MAE and RMSE, the empirical coverage of the central
 50/68/90/95 % intervals, simulation-based calibration (ranks as sbi's ``run_sbc`` makes them, checked by sbi's
-KS test; ``sbc_ks_p``: the solve-aware test of :func:`sbc_ks_p_by_solve`, ``sbc_ks_p_pooled_images``: sbi's
-``check_sbc`` on every image as if independent), the contraction ``prior sd / posterior sd`` and the
+KS test; ``sbc_ks_p``: the solve-aware test of :func:`sbc_ks_p_by_solve`; ``sbc_ks_p_pooled_images`` and
+``sbc_c2st_pooled_images``: sbi's ``check_sbc`` on every image as if independent), the contraction ``prior sd / posterior sd`` and the
 posterior correlations of U with every other parameter, binned by the true U.
 
 U counts as *identifiable* in a U bin when the median contraction of U over the held-out images
@@ -190,7 +190,7 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
             "coverage": {level: float(c[j]) for level, c in cover.items()},
             "coverage_se": {level: float(c[j]) for level, c in cover_se.items()},
             **({"sbc_ks_p": float(by_solve[j]), "sbc_ks_p_pooled_images": float(checks["ks_p"][j]),
-                "sbc_c2st": float(checks["c2st_ranks"][j])} if checks else {})}
+                "sbc_c2st_pooled_images": float(checks["c2st_ranks"][j])} if checks else {})}
     prior_sd = np.asarray([run.summary.get("prior_sd", {}).get(n, np.nan) for n in run.names])
     if np.any(~np.isfinite(prior_sd)):
         prior_sd = (run.theta.high - run.theta.low) / np.sqrt(12)
