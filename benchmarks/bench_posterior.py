@@ -40,6 +40,12 @@ def latency(run, images, n_samples: int = 1000, threads: int = 2) -> dict:
             "p90_ms": float(np.quantile(times, 0.9)), "n": len(times)}
 
 
+def _se(parameter_metrics: dict) -> float:
+    """The 90 % coverage's error over solves (NaN where too few solves leave it unestimated)."""
+    se = parameter_metrics["coverage_se"]["0.9"]
+    return float("nan") if se is None else se
+
+
 def latency_keys(test_keys: list[str], n: int = 60) -> list[str]:
     """``n`` test keys spread evenly over the test split: its images come solve by solve, and a prefix holds
     only two or three solves (whether one of them sits at a prior's edge, where rejection costs more, then
@@ -124,8 +130,8 @@ def main() -> None:
     if ident:
         print(f"| U identifiable range | {ident['low']:.2f}-{ident['high']:.2f} eV, MAE there {ident['u_mae']:.3f} eV |")
     print(f"| U coverage 50/68/90/95 % | {u['coverage']['0.5']:.2f}/{u['coverage']['0.68']:.2f}/"
-          f"{u['coverage']['0.9']:.2f}/{u['coverage']['0.95']:.2f} (90 %: ± {u['coverage_se']['0.9']:.2f} over "
-          f"solves; conformal point 90 %: "
+          f"{u['coverage']['0.9']:.2f}/{u['coverage']['0.95']:.2f} (90 %: ± {_se(u):.2f} "
+          f"over solves; conformal point 90 %: "
           f"{metrics['point']['conformal_coverage']['0.9']:.2f}) |")
     print(f"| U SBC KS p | {u['sbc_ks_p']:.3g} by solve ({metrics['n_solves']} solves); all images as if "
           f"independent {u['sbc_ks_p_pooled_images']:.3g} |")
@@ -147,7 +153,7 @@ def main() -> None:
             print(f"| U identifiable range there | {ident_i['low']:.2f}-{ident_i['high']:.2f} eV, "
                   f"MAE there {ident_i['u_mae']:.3f} eV |")
         print(f"| U coverage 50/68/90/95 % there | {ui['coverage']['0.5']:.2f}/{ui['coverage']['0.68']:.2f}/"
-              f"{ui['coverage']['0.9']:.2f}/{ui['coverage']['0.95']:.2f} (90 %: ± {ui['coverage_se']['0.9']:.2f}) |")
+              f"{ui['coverage']['0.9']:.2f}/{ui['coverage']['0.95']:.2f} (90 %: ± {_se(ui):.2f}) |")
         print(f"| U SBC KS p there | {ui['sbc_ks_p']:.3g} by solve; all images as if independent "
               f"{ui['sbc_ks_p_pooled_images']:.3g} |")
         print(f"| OOD false alarms there | {independent['ood']['flagged']:.3f} |")

@@ -562,6 +562,8 @@ def test_cluster_robust_coverage_error_counts_solves_not_images():
         estimates.append(cover["0.68"][0])
         errors.append(se["0.68"][0])
     assert 0.85 <= np.std(estimates) / np.mean(errors) <= 1.15, (np.std(estimates), np.mean(errors))
+    few = np.repeat(np.arange(2), 8)  # two solves: no error can be estimated
+    assert np.isnan(interval_coverage(post[:16], theta[:16], few)[1]["0.9"][0])
 
 
 def test_coverage_warning_names_the_parameter_its_coverage_and_error():

@@ -102,7 +102,7 @@ def evaluate_posterior_cmd(run: Path, data: Optional[Path], part: str, out: Opti
         c = m["coverage"]
         result_console.print(f"{name} on {result['part']} (n={result['n']}): median MAE {m['mae']:.4g}  RMSE "
                              f"{m['rmse']:.4g}  coverage 50/68/90/95 % {c['0.5']:.2f}/{c['0.68']:.2f}/"
-                             f"{c['0.9']:.2f}/{c['0.95']:.2f} (90 %: ± {m['coverage_se']['0.9']:.2f} over solves)  "
+                             f"{c['0.9']:.2f}/{c['0.95']:.2f} ({_error(m['coverage_se']['0.9'])})  "
                              f"SBC KS p {m['sbc_ks_p']:.3g} "
                              f"({result['n_solves']} solves)", highlight=False)
     ident = result["identifiability"]["identifiable_u"]
@@ -117,3 +117,8 @@ def evaluate_posterior_cmd(run: Path, data: Optional[Path], part: str, out: Opti
         result_console.print(f"warning: {line}", highlight=False)
     if result.get("out"):
         result_console.print(f"written to {result['out']}", highlight=False)
+
+
+def _error(se: float | None) -> str:
+    """The 90 % coverage's error over solves in words (None: too few solves to estimate it)."""
+    return "too few solves for an error" if se is None else f"90 %: ± {se:.2f} over solves"

@@ -33,7 +33,8 @@ def posterior_section(run: Any, store: Any = None, n_examples: int = 6, tmp: Pat
         ood = ood_detection(run, store=store)
         params = ev["parameters"]
         rows = [[n, _fmt(m["mae"]), _fmt(m["rmse"]),
-                 *(f"{m['coverage'][k]:.2f} ± {m['coverage_se'][k]:.2f}" for k in ("0.5", "0.68", "0.9", "0.95")),
+                 *(f"{m['coverage'][k]:.2f}" + ("" if m["coverage_se"][k] is None else f" ± {m['coverage_se'][k]:.2f}")
+                   for k in ("0.5", "0.68", "0.9", "0.95")),
                  _fmt(m.get("sbc_ks_p", float("nan")), 3), _fmt(m.get("sbc_ks_p_pooled_images", float("nan")), 3)]
                 for n, m in params.items()]
         parts = [f"<h2>Posterior over U and the unknowns ({html.escape(run.config.get('flow', ''))} flow, "

@@ -45,6 +45,8 @@ def interval_coverage(samples: np.ndarray, truth: np.ndarray, groups: np.ndarray
     With ``groups`` (the solve of every image, :func:`solve_groups`) the error is cluster-robust: images of
     one solve count as one correlated block, ``se^2 = G / (G - 1) * sum_g (sum_{i in g} (c_i - c))^2 / n^2``
     (Liang & Zeger, Biometrika 73, 13 (1986)); without (every image its own group), ``sqrt(c (1 - c) / (n - 1))``.
+    With fewer than ``SBC_MIN_SOLVES`` groups the error cannot be estimated: NaN (two solves whose images are
+    all covered would otherwise give 1.00 +- 0.00).
     """
     groups = np.unique(np.arange(len(truth)) if groups is None else np.asarray(groups), return_inverse=True)[1]
     n_groups = int(groups.max()) + 1 if len(groups) else 0
@@ -55,7 +57,8 @@ def interval_coverage(samples: np.ndarray, truth: np.ndarray, groups: np.ndarray
         cover[str(level)] = inside.mean(axis=0)
         sums = np.zeros((n_groups, inside.shape[1]))
         np.add.at(sums, groups, inside - cover[str(level)])
-        se[str(level)] = np.sqrt((sums ** 2).sum(axis=0) * n_groups / max(n_groups - 1, 1)) / len(truth)
+        se[str(level)] = (np.sqrt((sums ** 2).sum(axis=0) * n_groups / (n_groups - 1)) / len(truth)
+                          if n_groups >= SBC_MIN_SOLVES else np.full(inside.shape[1], np.nan))
     return cover, se
 
 
@@ -188,7 +191,7 @@ def calibration_metrics(run: PosteriorRun, store: Any, keys: Sequence[str], n_sa
             "mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2))),
             "mean_interval_68": float(np.mean(np.diff(np.quantile(samples[:, :, j], [0.16, 0.84], axis=1), axis=0))),
             "coverage": {level: float(c[j]) for level, c in cover.items()},
-            "coverage_se": {level: float(c[j]) for level, c in cover_se.items()},
+            "coverage_se": {level: float(c[j]) if np.isfinite(c[j]) else None for level, c in cover_se.items()},
             **({"sbc_ks_p": float(by_solve[j]), "sbc_ks_p_pooled_images": float(checks["ks_p"][j]),
                 "sbc_c2st_pooled_images": float(checks["c2st_ranks"][j])} if checks else {})}
     prior_sd = np.asarray([run.summary.get("prior_sd", {}).get(n, np.nan) for n in run.names])
