@@ -56,8 +56,8 @@ def latency_keys(test_keys: list[str], n: int = 60) -> list[str]:
 
 def fresh_latency(run_dir: Path, data: Path, keys: list[str], threads: int = 2) -> dict:
     """:func:`latency` in a fresh Python process that loads the run from disk, as ``moirestm predict`` does
-    (this long benchmark process has measured slower predictions than fresh ones: docs/benchmarks.md,
-    sessions 11-12)."""
+    (sessions 11-12 saw slower predictions inside this long benchmark process; sessions 12-13 found the two
+    within the machine's run-to-run spread, docs/benchmarks.md)."""
     code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import torch; from bench_posterior import latency, "
             "_images; from moirestm.learn.posterior import PosteriorRun; "
             f"run = PosteriorRun.load({str(run_dir)!r}); "

@@ -426,11 +426,12 @@ class PosteriorRun:
         (with ``embeddings``, also the embedding of ``x`` computed on the way: the shared summaries, or
         every member's network embedding side by side, ``(n_images, n_members * embedding_dim)``).
 
-        Each ensemble member gives an equal share of every image's samples (the first members one
-        more where ``n_samples`` does not divide).  Images are sampled ``chunk`` at a time (one
-        embedding pass, one flow pass per member); an image whose flow keeps more than 1/5 of its
-        mass outside the box after five rounds gets the rest clamped.  ``summaries``: the
-        summariser's outputs for ``x`` when they are given (the cross-fitted ones of training images).
+        Each ensemble member gives an equal share of every image's samples (rounded; where ``n_samples``
+        does not divide, some members give one more).  Images are sampled ``chunk`` at a time: one
+        embedding pass per member, then rejection rounds of one pass of all members each
+        (:func:`_sample_in_box`; what is still missing after five rounds is clamped into the box).
+        ``summaries``: the summariser's outputs for ``x`` when they are given (the cross-fitted ones of
+        training images).
         """
         out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
         embedded = []
