@@ -32,15 +32,27 @@ def _apply(linear: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.
     return torch.baddbmm(linear[1], x, linear[0])
 
 
+def _members(layer, members: torch.Tensor):
+    """``layer`` (a nested tuple of stacked tensors, index tensors and options) restricted to ``members``."""
+    if isinstance(layer, tuple):
+        return tuple(_members(part, members) for part in layer)
+    if isinstance(layer, list):
+        return [_members(part, members) for part in layer]
+    if isinstance(layer, torch.Tensor) and layer.is_floating_point():
+        return layer[members]
+    return layer
+
+
 class StackedSplineFlows:
     """Inverse (sampling) pass of M structurally identical nflows spline flows at once.
 
     Build with :meth:`from_flows`; :meth:`inverse` maps base noise ``(M, N, d)`` at conditioning
-    ``(M, N, c)`` to samples ``(M, N, d)``, member ``m`` by flow ``m``.
+    ``(M, N, c)`` to samples ``(M, N, d)``, member ``m`` by flow ``m`` (or, given ``members``, the
+    ``K`` rows by those flows only: a rejection round for the members that still need samples).
     """
 
-    def __init__(self, layers: list[tuple]):
-        self.layers = layers
+    def __init__(self, layers: list[tuple], n_members: int):
+        self.layers, self.n_members = layers, n_members
 
     @classmethod
     def from_flows(cls, flows: Sequence) -> "StackedSplineFlows | None":
@@ -85,13 +97,18 @@ class StackedSplineFlows:
                                     min_bin_height=first.min_bin_height, min_derivative=first.min_derivative)))
             else:
                 return None
-        return cls(layers)
+        return cls(layers, len(flows))
 
     @torch.inference_mode()
-    def inverse(self, noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Samples ``(M, N, d)`` from base noise ``(M, N, d)`` at conditioning ``(M, N, c)``."""
+    def inverse(self, noise: torch.Tensor, context: torch.Tensor, members: Sequence[int] | None = None
+                ) -> torch.Tensor:
+        """Samples ``(K, N, d)`` from base noise ``(K, N, d)`` at conditioning ``(K, N, c)`` by the flows
+        ``members`` (K of them; all M by default)."""
         x = noise
-        for layer in reversed(self.layers):
+        layers = self.layers
+        if members is not None and len(members) != self.n_members:
+            layers = _members(layers, torch.as_tensor(np.asarray(members), dtype=torch.long))
+        for layer in reversed(layers):
             if layer[0] == "lu":
                 _, lower, upper, bias = layer
                 y = (x - bias).transpose(1, 2)
