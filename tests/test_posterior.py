@@ -210,6 +210,8 @@ def test_bad_inputs(trained, tmp_path):
         infer(store, tmp_path / "b", point=False, progress=False, balance=-1.0)
     with pytest.raises(MoireSTMError, match="ensemble must be"):
         infer(store, tmp_path / "e", point=False, progress=False, ensemble=0)
+    with pytest.raises(MoireSTMError, match="flow_scale must be"):
+        infer(store, tmp_path / "s", point=False, progress=False, flow_scale=0.0)
     (tmp_path / "z").mkdir()
     torch.save({"format": "other"}, tmp_path / "z" / "posterior.pt")
     with pytest.raises(MoireSTMError, match="does not hold a moirestm posterior run"):
@@ -593,3 +595,26 @@ def test_rank_histogram_band_counts_the_solves():
         rank_histograms(ranks, ["hubbard_u_ev"], 100, [ax], n_independent=n_independent)
         band = ax.patches[-1].get_path().get_extents(ax.patches[-1].get_patch_transform())
         assert band.height / 2 == pytest.approx(half_width, rel=1e-6)
+
+
+def test_flow_scale_is_a_change_of_variables_and_is_stacked():
+    """A flow with ``flow_scale`` s models s z: log q_s(z) = log q_1(s z) + d log s for the same inner flow;
+    runs saved before the option (no ``flow_scale`` in their config) build without the layer; the batched
+    sampling pass handles the layer."""
+    from moirestm.learn.posterior import _flow, build_estimator
+    from moirestm.learn.stacked_flows import StackedSplineFlows
+
+    config = {"flow": "nsf", "embedding": "kernel", "embedding_dim": 3, "hidden_features": 16,
+              "num_transforms": 2, "n_theta": 4, "input_shape": [1, 8, 8], "seed": 3}
+    gen = torch.Generator().manual_seed(1)
+    z, context = torch.rand(50, 4, generator=gen) * 2 - 1, torch.randn(50, 3, generator=gen)
+    scaled, plain = build_estimator({**config, "flow_scale": 0.5}), build_estimator(config)
+    with torch.no_grad():
+        torch.testing.assert_close(-scaled.loss(z, condition=context),
+                                   -plain.loss(0.5 * z, condition=context) + 4 * np.log(0.5))
+    assert len(_flow(plain)._transform._transforms) + 1 == len(_flow(scaled)._transform._transforms)
+    flows = [_flow(build_estimator({**config, "flow_scale": 0.5, "seed": s})) for s in (0, 1)]
+    noise, ctx = torch.randn(2, 30, 4, generator=gen), torch.randn(2, 30, 3, generator=gen)
+    with torch.inference_mode():
+        own = torch.stack([f._transform.inverse(n, context=c)[0] for f, n, c in zip(flows, noise, ctx)])
+    torch.testing.assert_close(StackedSplineFlows.from_flows(flows).inverse(noise, ctx), own, atol=1e-5, rtol=1e-5)

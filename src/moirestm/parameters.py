@@ -271,6 +271,10 @@ _ENTRIES = [
        choices=("kernel", "cnn", "mlp", "resnet18"),
        help="what the posterior flows condition on: kernel (cross-fitted kernel-ridge summaries, shared) or a "
             "network embedding per flow (cnn, mlp, resnet18)"),
+    _p("flow_scale", "", 1.0, "no rescaling: the flows model the prior-box coordinates in [-1, 1]; 0.5 measured "
+       "against it in docs/benchmarks.md (session 14)", 0.0, 10.0, low_open=True,
+       help="the posterior flows model flow_scale x the prior-box coordinates (a fixed first layer): below 1 the "
+            "data fill fewer of the splines' bins"),
     _p("ensemble", "", 5, "deep ensembles of 5 (Lakshminarayanan et al., NeurIPS 2017); NPE ensembles are less "
        "over-confident (Hermans et al., TMLR 2022, arXiv:2110.06581)", 1, 64, kind="int",
        help="flows in the posterior ensemble (their equal-weight mixture is the posterior)"),

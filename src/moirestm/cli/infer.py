@@ -31,6 +31,7 @@ def infer_cmd(
     balance: float = option("balance"),
     ensemble: int = option("ensemble"),
     embedding: str = option("embedding"),
+    flow_scale: float = option("flow_scale"),
     overwrite: bool = typer.Option(False, help="replace an existing posterior run in OUT"),
     threads: Optional[int] = typer.Option(None, help="torch threads"),
     json_out: bool = typer.Option(False, "--json", help="print the summary as JSON"),
@@ -46,7 +47,7 @@ def infer_cmd(
     run = infer(data, out, overwrite=overwrite, flow=flow, epochs=epochs, batch_size=batch_size, lr=lr,
                 patience=patience, max_minutes=max_minutes, seed=seed,
                 point=point, point_max_minutes=point_max_minutes, augment=augment, balance=balance,
-                ensemble=ensemble, embedding=embedding, progress=not json_out)
+                ensemble=ensemble, embedding=embedding, flow_scale=flow_scale, progress=not json_out)
     summary = run.summary
     if json_out:
         emit_json({"run": str(out), "theta": run.names, **summary})

@@ -114,6 +114,8 @@ class PosteriorConfig:
     balance: float = default_of("balance")
     #: flows trained from different initialisations; the posterior is their equal-weight mixture
     ensemble: int = default_of("ensemble")
+    #: the flows model ``flow_scale`` x the box coordinates (a fixed first layer; 1: none)
+    flow_scale: float = default_of("flow_scale")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,6 +267,8 @@ def build_estimator(config: dict):
 
     With ``embedding="kernel"`` the flow takes the run's shared summaries (``embedding_dim`` of them) as
     its context directly (identity embedding); otherwise it embeds the image with its own network.
+    With ``flow_scale`` s != 1 (absent in runs saved before session 14: 1) the flow's first layer multiplies
+    the box coordinates by s.
     """
     from sbi.neural_nets import posterior_nn
 
@@ -285,7 +289,14 @@ def build_estimator(config: dict):
     theta0 = torch.rand(8, config["n_theta"], generator=gen) * 2 - 1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.get("seed", 0))
-        return builder(theta0, x0)
+        estimator = builder(theta0, x0)
+    scale = float(config.get("flow_scale", 1.0))
+    if scale != 1.0:  # the data-side layer sbi's z-scoring would add, with a fixed scale
+        from nflows.transforms import CompositeTransform, PointwiseAffineTransform
+
+        flow = estimator.net
+        flow._transform = CompositeTransform([PointwiseAffineTransform(0.0, scale), *flow._transform._transforms])
+    return estimator
 
 
 # --------------------------------------------------------------------------- the run
@@ -511,7 +522,8 @@ def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) 
         counts = np.minimum(need[np.ix_(needy, todo)] / accept[np.ix_(needy, todo)] * 1.25, cap
                             ).max(axis=0).astype(int) + 8
         noise = torch.randn(len(needy), int(counts.sum()), d)
-        s = inverse(noise, contexts[torch.from_numpy(needy)][:, todo].repeat_interleave(torch.from_numpy(counts), dim=1), needy)
+        context = contexts[torch.from_numpy(needy)][:, todo].repeat_interleave(torch.from_numpy(counts), dim=1)
+        s = inverse(noise, context, needy)
         inside = (s.abs() <= 1).all(dim=-1)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         row = {m: k for k, m in enumerate(needy)}
@@ -600,6 +612,7 @@ def _check_config(cfg: PosteriorConfig) -> None:
         raise MoireSTMError(f"infer: lr must be > 0, got {cfg.lr}")
     validate("balance", cfg.balance, "infer")
     validate("ensemble", cfg.ensemble, "infer")
+    validate("flow_scale", cfg.flow_scale, "infer")
     family_augmenter(cfg.augment)  # an unknown preset is a one-line error before any work
 
 
@@ -658,7 +671,7 @@ def _fit(cfg: PosteriorConfig, st, priors: dict, split: Split | None, out: Path,
     z_val = torch.from_numpy(theta.encode(_theta_values(st, split.val, theta)))
     est_config = {"flow": cfg.flow, "embedding": cfg.embedding, "dropout": cfg.dropout, "embedding_dim": cfg.embedding_dim, "width": cfg.width,
                   "hidden_features": cfg.hidden_features, "num_transforms": cfg.num_transforms,
-                  "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
+                  "flow_scale": cfg.flow_scale, "n_theta": len(theta.names), "input_shape": [normalizer.n_channels, *normalizer.input_shape],
                   "seed": cfg.seed}
     summariser, summaries, summary = None, None, {}
     flow_train, flow_val = (x_train if augmenter is None else train_inputs), x_val

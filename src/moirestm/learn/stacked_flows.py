@@ -2,14 +2,15 @@
 
 A posterior ensemble draws its samples from M flows of one architecture (sbi's ``nsf``: nflows
 rational-quadratic coupling layers with residual conditioners, each followed by an LU-factored linear
-map).  Sampling one flow at a time costs M passes of small tensors, dominated by the per-operation
-overhead of a few hundred torch calls each; :class:`StackedSplineFlows` stacks the members' weights
-and runs the inverse pass of all of them as one pass of batched matrix products (``baddbmm``,
-batched triangular solves).  The spline inverse follows nflows' ``rational_quadratic_spline``
-(Durkan et al., NeurIPS 2019) without its data-dependent masks: every input is mapped on the
-clamped interval and the linear tails are restored with ``torch.where``.  Only the sampling
-direction is implemented (no log-determinant); anything else falls back to the members' own
-passes (:meth:`StackedSplineFlows.from_flows` returns None).
+map; optionally a fixed pointwise scale first).  Sampling one flow at a time costs M passes of small
+tensors, dominated by the per-operation overhead of a few hundred torch calls each;
+:class:`StackedSplineFlows` stacks the members' weights and runs the inverse pass of all of them (or
+of a subset) as one pass of batched matrix products (``baddbmm``, batched triangular solves).  The
+spline inverse follows nflows' ``rational_quadratic_spline`` (Durkan et al., NeurIPS 2019) without
+its data-dependent masks: every input is mapped on the clamped interval and the linear tails are
+restored with ``torch.where``.  Only the sampling direction is implemented (no log-determinant);
+anything else falls back to the members' own passes (:meth:`StackedSplineFlows.from_flows` returns
+None).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class StackedSplineFlows:
         from nflows.nn.nets.resnet import ResidualNet
         from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
         from nflows.transforms.lu import LULinear
+        from nflows.transforms.standard import PointwiseAffineTransform
 
         members = [list(getattr(f._transform, "_transforms", [])) for f in flows]
         if not members[0] or len({len(m) for m in members}) != 1:
@@ -95,6 +97,9 @@ class StackedSplineFlows:
                                dict(num_bins=first.num_bins, tail_bound=float(first.tail_bound),
                                     hidden=nets[0].hidden_features, min_bin_width=first.min_bin_width,
                                     min_bin_height=first.min_bin_height, min_derivative=first.min_derivative)))
+            elif isinstance(first, PointwiseAffineTransform):
+                layers.append(("affine", torch.stack([p._shift.reshape(1, -1) for p in parts]),
+                               torch.stack([p._scale.reshape(1, -1) for p in parts])))
             else:
                 return None
         return cls(layers, len(flows))
@@ -109,7 +114,9 @@ class StackedSplineFlows:
         if members is not None and len(members) != self.n_members:
             layers = _members(layers, torch.as_tensor(np.asarray(members), dtype=torch.long))
         for layer in reversed(layers):
-            if layer[0] == "lu":
+            if layer[0] == "affine":
+                x = (x - layer[1]) / layer[2]
+            elif layer[0] == "lu":
                 _, lower, upper, bias = layer
                 y = (x - bias).transpose(1, 2)
                 y = torch.linalg.solve_triangular(lower, y, upper=False, unitriangular=True)
