@@ -2,10 +2,11 @@
 
 The posterior mean is made differentiable in the input by fixing the flow's base noise
 (``n_samples`` draws, seeded): ``E[U | x] ~ mean_i T^-1(eps_i; embed(x))``, with ``embed`` the member's
-network or the run's shared kernel summaries, averaged over the members of an ensemble run (the mean
-of an equal-weight mixture is the mean of its members' means), with the samples
-clamped into the prior box (box rejection is not differentiable; clamping moves the estimate by
-the leaked mass only).  Integrated gradients, guided backprop and Grad-CAM (captum, through
+network or the run's shared kernel summaries, pooled over the members of an ensemble run with the same
+noise each.  Like the run's samples, the estimate keeps the samples inside the prior box (the mixture
+truncated to the box, in which each member weighs its mass inside); which samples are inside is held
+fixed in the gradient, and an image with none inside falls back to the samples clamped into the box.
+Integrated gradients, guided backprop and Grad-CAM (captum, through
 :func:`moirestm.explain.attribution.attribution_maps`) then explain the number the run reports,
 rather than a network half whose blend weight may be zero.  Needs an nflows-based sbi flow
 (``nsf``/``maf``), which is what :func:`moirestm.learn.posterior.infer` builds.
@@ -46,13 +47,19 @@ class PosteriorMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = len(self.noise)
         x = x if self.summariser is None else self.summariser(x)
-        means = []
+        sums, counts, clamped = 0.0, 0.0, 0.0
         for embedding, transform in zip(self.embeddings, self.transforms):
             ctx = embedding(x).repeat_interleave(n, dim=0)
             z, _ = transform.inverse(self.noise.repeat(len(x), 1), context=ctx)
-            value = z[:, self.j].clamp(-1, 1).reshape(len(x), n) * self.scale + self.shift
-            means.append((value.exp() if self.log else value).mean(dim=1))
-        return torch.stack(means).mean(dim=0)[:, None]
+            z = z.reshape(len(x), n, -1)
+            inside = (z.abs() <= 1).all(dim=-1).detach().to(z.dtype)
+            value = z[..., self.j] * self.scale + self.shift
+            edge = z[..., self.j].clamp(-1, 1) * self.scale + self.shift
+            value, edge = (value.exp(), edge.exp()) if self.log else (value, edge)
+            sums, counts = sums + (value * inside).sum(dim=1), counts + inside.sum(dim=1)
+            clamped = clamped + edge.mean(dim=1) / len(self.transforms)
+        mean = torch.where(counts > 0, sums / counts.clamp_min(1), clamped)  # every sample outside: clamped
+        return mean[:, None]
 
 
 def attribute_posterior(run: Any, store: Any = None, samples: str | Sequence[str] | None = "test",

@@ -306,8 +306,8 @@ class PosteriorRun:
 
     With several members the posterior is their equal-weight mixture (a deep ensemble of neural
     posterior estimators; Hermans et al., TMLR 2022, arXiv:2110.06581, found such ensembles less
-    over-confident than a single flow): each member gives an equal share of every image's samples,
-    each restricted to the prior box.  ``summariser`` (``embedding="kernel"``: a
+    over-confident than a single flow), restricted to the prior box: a member contributes to an image's
+    samples in proportion to its mass inside the box.  ``summariser`` (``embedding="kernel"``: a
     :class:`~moirestm.learn.kernel.KernelSummary`) maps the normalised image to the flows' shared context.
     """
 
@@ -433,21 +433,17 @@ class PosteriorRun:
     def sample_z(self, x: torch.Tensor, n_samples: int, seed: int = 0, chunk: int = 32,
                  embeddings: bool = False, summaries: torch.Tensor | None = None
                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """``(n_images, n_samples, d)`` posterior samples in box coordinates, rejected outside the box
-        (with ``embeddings``, also the embedding of ``x`` computed on the way: the shared summaries, or
-        every member's network embedding side by side, ``(n_images, n_members * embedding_dim)``).
+        """``(n_images, n_samples, d)`` posterior samples in box coordinates: the members' equal-weight
+        mixture truncated to the box (with ``embeddings``, also the embedding of ``x`` computed on the way:
+        the shared summaries, or every member's network embedding side by side, ``(n_images, n_members *
+        embedding_dim)``).
 
-        Each ensemble member gives an equal share of every image's samples (rounded; where ``n_samples``
-        does not divide, some members give one more).  Images are sampled ``chunk`` at a time: one
-        embedding pass per member, then rejection rounds of one pass of all members each
-        (:func:`_sample_in_box`; what is still missing after five rounds is clamped into the box).
-        ``summaries``: the summariser's outputs for ``x`` when they are given (the cross-fitted ones of
-        training images).
+        Images are sampled ``chunk`` at a time: one embedding pass per member, then rejection rounds of one
+        pass of all members each (:func:`_sample_in_box`).  ``summaries``: the summariser's outputs for ``x``
+        when they are given (the cross-fitted ones of training images).
         """
         out = np.empty((len(x), n_samples, len(self.names)), dtype=np.float32)
         embedded = []
-        shares = np.diff(np.linspace(0, n_samples, self.n_members + 1).round().astype(int))
-        starts = np.concatenate([[0], np.cumsum(shares)])
         flows = [_flow(estimator) for estimator in self.estimators]
         inverse = ensemble_inverse(flows)
         with torch.random.fork_rng(devices=[]):
@@ -458,9 +454,7 @@ class PosteriorRun:
                 if self.summariser is not None:
                     inputs = summaries[rows] if summaries is not None else self.summariser(inputs)
                 contexts = torch.stack([flow._embedding_net(inputs) for flow in flows])
-                members = _sample_in_box(inverse, contexts, shares, flows[0]._distribution._shape[0])
-                for m, part in enumerate(members):
-                    out[rows, starts[m]:starts[m + 1]] = part
+                out[rows] = _sample_in_box(inverse, contexts, n_samples, flows[0]._distribution._shape[0])
                 embedded.append((inputs if self.summariser is not None else
                                  contexts.transpose(0, 1).reshape(len(inputs), -1)).numpy())
         if not embeddings:
@@ -486,56 +480,51 @@ def _flow(estimator):
 
 
 def ensemble_inverse(flows: Sequence):
-    """The sampling pass ``(noise (K, N, d), context (K, N, c), members) -> (K, N, d)`` of the ensemble's
-    flows ``members`` (K indices): one batched pass for neural spline flows
-    (:class:`~moirestm.learn.stacked_flows.StackedSplineFlows`), else each flow's own."""
+    """The sampling pass ``(noise (M, N, d), context (M, N, c)) -> (M, N, d)`` of the ensemble's flows: one
+    batched pass for neural spline flows (:class:`~moirestm.learn.stacked_flows.StackedSplineFlows`), else
+    each flow's own."""
     stacked = StackedSplineFlows.from_flows(flows)
     if stacked is not None:
         return stacked.inverse
-    return lambda noise, context, members: torch.stack([flows[m]._transform.inverse(n, context=c)[0]
-                                                        for m, n, c in zip(members, noise, context)])
+    return lambda noise, context: torch.stack([f._transform.inverse(n, context=c)[0]
+                                               for f, n, c in zip(flows, noise, context)])
 
 
 @torch.inference_mode()
-def _sample_in_box(inverse, contexts: torch.Tensor, shares: np.ndarray, d: int) -> list[np.ndarray]:
-    """Per member ``m``, ``(n_images, shares[m], d)`` samples of its flow at embedded ``contexts[m]``
-    (``contexts``: ``(M, n_images, c)``; ``inverse``: :func:`ensemble_inverse`), rejected outside ``[-1, 1]^d``
-    (clamped after five rounds).
+def _sample_in_box(inverse, contexts: torch.Tensor, n_samples: int, d: int) -> np.ndarray:
+    """``(n_images, n_samples, d)`` samples of the members' equal-weight mixture at embedded ``contexts``
+    (``(M, n_images, c)``; ``inverse``: :func:`ensemble_inverse`), truncated to the box ``[-1, 1]^d``.
 
-    Each round is one pass of the members that still need samples for some image: after the first round
-    these are the flows that leak beyond a face of the box, typically two or three of five at the edge of
-    the U prior.  A pass costs about linearly in its samples (7 us per sample and flow on 2 cores), so an
-    image's draw in a round is what its members still need over their acceptance rates so far
-    (``FIRST_ACCEPTANCE`` before the first round), with a 25 % margin, at most 4 ``max(shares)``, so that
-    an image whose flows leave the box, e.g. a blank one, costs a bounded effort.
+    Every round draws the same number of proposals per image from every member (a stratified draw of the
+    mixture) in one pass and keeps those inside the box, so that a member contributes in proportion to its
+    mass inside: the mixture density restricted to the prior's support, as sbi's ``DirectPosterior``
+    restricts one flow.  A round's draw is what an image still needs over the acceptance so far
+    (``FIRST_ACCEPTANCE`` before the first round) with a 25 % margin, at most ``4 n_samples / M`` per
+    member, so that an image whose flows leave the box, e.g. a blank one, costs a bounded effort; what is
+    still missing after five rounds is clamped into the box.  A pass costs about linearly in its samples
+    (7 us per sample and flow on 2 cores).
     """
     n_members, n_images = contexts.shape[:2]
-    kept = [[[] for _ in range(n_images)] for _ in range(n_members)]
-    need = np.repeat(np.asarray(shares)[:, None], n_images, axis=1)
-    cap = 4 * int(np.max(shares))
-    accept = np.full((n_members, n_images), FIRST_ACCEPTANCE)
+    kept = [[] for _ in range(n_images)]
+    need = np.full(n_images, n_samples)
+    accept = np.full(n_images, FIRST_ACCEPTANCE)
+    cap = 4 * -(-n_samples // n_members)
     for round_ in range(6):
-        todo = np.flatnonzero(need.max(axis=0) > 0)
+        todo = np.flatnonzero(need > 0)
         if not len(todo):
             break
-        needy = np.flatnonzero(need[:, todo].max(axis=1) > 0)
-        counts = np.minimum(need[np.ix_(needy, todo)] / accept[np.ix_(needy, todo)] * 1.25, cap
-                            ).max(axis=0).astype(int) + 8
-        noise = torch.randn(len(needy), int(counts.sum()), d)
-        context = contexts[torch.from_numpy(needy)][:, todo].repeat_interleave(torch.from_numpy(counts), dim=1)
-        s = inverse(noise, context, needy)
+        counts = np.minimum(need[todo] / n_members / accept[todo] * 1.25, cap).astype(int) + 8
+        noise = torch.randn(n_members, int(counts.sum()), d)
+        s = inverse(noise, contexts[:, todo].repeat_interleave(torch.from_numpy(counts), dim=1))
         inside = (s.abs() <= 1).all(dim=-1)
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        row = {m: k for k, m in enumerate(needy)}
         for j, i in enumerate(todo):
-            for m in np.flatnonzero(need[:, i] > 0):
-                sm, im = s[row[m], bounds[j]:bounds[j + 1]], inside[row[m], bounds[j]:bounds[j + 1]]
-                accept[m, i] = max(float(im.float().mean()), 0.02)
-                sm = sm.clamp(-1, 1) if round_ == 5 else sm[im]
-                kept[m][i].append(sm[:need[m, i]])
-                need[m, i] -= len(kept[m][i][-1])
-    return [np.stack([torch.cat(parts)[:share].numpy() for parts in member]) if share else
-            np.empty((n_images, 0, d), np.float32) for member, share in zip(kept, shares)]
+            si, ii = s[:, bounds[j]:bounds[j + 1]].reshape(-1, d), inside[:, bounds[j]:bounds[j + 1]].reshape(-1)
+            accept[i] = max(float(ii.float().mean()), 0.02)
+            si = si.clamp(-1, 1) if round_ == 5 else si[ii]
+            kept[i].append(si[torch.randperm(len(si))[:need[i]]])  # a random subset keeps the members' proportions
+            need[i] -= len(kept[i][-1])
+    return np.stack([torch.cat(parts).numpy() for parts in kept])
 
 
 def summarise(samples: np.ndarray, names: Sequence[str], score: float, threshold: float) -> dict:

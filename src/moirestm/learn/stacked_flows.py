@@ -4,8 +4,8 @@ A posterior ensemble draws its samples from M flows of one architecture (sbi's `
 rational-quadratic coupling layers with residual conditioners, each followed by an LU-factored linear
 map; optionally a fixed pointwise scale first).  Sampling one flow at a time costs M passes of small
 tensors, dominated by the per-operation overhead of a few hundred torch calls each;
-:class:`StackedSplineFlows` stacks the members' weights and runs the inverse pass of all of them (or
-of a subset) as one pass of batched matrix products (``baddbmm``, batched triangular solves).  The
+:class:`StackedSplineFlows` stacks the members' weights and runs the inverse pass of all of them
+as one pass of batched matrix products (``baddbmm``, batched triangular solves).  The
 spline inverse follows nflows' ``rational_quadratic_spline`` (Durkan et al., NeurIPS 2019) without
 its data-dependent masks: every input is mapped on the clamped interval and the linear tails are
 restored with ``torch.where``.  Only the sampling direction is implemented (no log-determinant);
@@ -33,27 +33,15 @@ def _apply(linear: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor) -> torch.
     return torch.baddbmm(linear[1], x, linear[0])
 
 
-def _members(layer, members: torch.Tensor):
-    """``layer`` (a nested tuple of stacked tensors, index tensors and options) restricted to ``members``."""
-    if isinstance(layer, tuple):
-        return tuple(_members(part, members) for part in layer)
-    if isinstance(layer, list):
-        return [_members(part, members) for part in layer]
-    if isinstance(layer, torch.Tensor) and layer.is_floating_point():
-        return layer[members]
-    return layer
-
-
 class StackedSplineFlows:
     """Inverse (sampling) pass of M structurally identical nflows spline flows at once.
 
     Build with :meth:`from_flows`; :meth:`inverse` maps base noise ``(M, N, d)`` at conditioning
-    ``(M, N, c)`` to samples ``(M, N, d)``, member ``m`` by flow ``m`` (or, given ``members``, the
-    ``K`` rows by those flows only: a rejection round for the members that still need samples).
+    ``(M, N, c)`` to samples ``(M, N, d)``, member ``m`` by flow ``m``.
     """
 
-    def __init__(self, layers: list[tuple], n_members: int):
-        self.layers, self.n_members = layers, n_members
+    def __init__(self, layers: list[tuple]):
+        self.layers = layers
 
     @classmethod
     def from_flows(cls, flows: Sequence) -> "StackedSplineFlows | None":
@@ -102,18 +90,13 @@ class StackedSplineFlows:
                                torch.stack([p._scale.reshape(1, -1) for p in parts])))
             else:
                 return None
-        return cls(layers, len(flows))
+        return cls(layers)
 
     @torch.inference_mode()
-    def inverse(self, noise: torch.Tensor, context: torch.Tensor, members: Sequence[int] | None = None
-                ) -> torch.Tensor:
-        """Samples ``(K, N, d)`` from base noise ``(K, N, d)`` at conditioning ``(K, N, c)`` by the flows
-        ``members`` (K of them; all M by default)."""
+    def inverse(self, noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Samples ``(M, N, d)`` from base noise ``(M, N, d)`` at conditioning ``(M, N, c)``."""
         x = noise
-        layers = self.layers
-        if members is not None and len(members) != self.n_members:
-            layers = _members(layers, torch.as_tensor(np.asarray(members), dtype=torch.long))
-        for layer in reversed(layers):
+        for layer in reversed(self.layers):
             if layer[0] == "affine":
                 x = (x - layer[1]) / layer[2]
             elif layer[0] == "lu":
