@@ -53,11 +53,10 @@ class PosteriorMean(nn.Module):
             z, _ = transform.inverse(self.noise.repeat(len(x), 1), context=ctx)
             z = z.reshape(len(x), n, -1)
             inside = (z.abs() <= 1).all(dim=-1).detach().to(z.dtype)
-            value = z[..., self.j] * self.scale + self.shift
-            edge = z[..., self.j].clamp(-1, 1) * self.scale + self.shift
-            value, edge = (value.exp(), edge.exp()) if self.log else (value, edge)
+            value = z[..., self.j].clamp(-1, 1) * self.scale + self.shift  # the clamp changes no in-box sample
+            value = value.exp() if self.log else value
             sums, counts = sums + (value * inside).sum(dim=1), counts + inside.sum(dim=1)
-            clamped = clamped + edge.mean(dim=1) / len(self.transforms)
+            clamped = clamped + value.mean(dim=1) / len(self.transforms)
         mean = torch.where(counts > 0, sums / counts.clamp_min(1), clamped)  # every sample outside: clamped
         return mean[:, None]
 

@@ -77,7 +77,7 @@ FLOWS = ("nsf", "maf")
 KERNEL_INPUT_SIZE = DEFAULT_INPUT_SIZE["cnn"]
 #: folds of whole draws for the cross-fitted kernel summaries
 SUMMARY_FOLDS = 5
-#: expected fraction of a flow's samples inside the prior box before any is drawn (median 0.83-0.89 per
+#: expected fraction of the ensemble's proposals inside the prior box before any is drawn (median 0.83-0.89 per
 #: member over demo-sbi's test images; 2x oversampling instead took 1.1x the prediction time, docs/benchmarks.md)
 FIRST_ACCEPTANCE = 0.8
 
